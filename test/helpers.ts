@@ -1,0 +1,73 @@
+// Shared test setup: start the backend named by TEVATRON_BACKEND (the runner sets it), small random
+// batches, and comparisons of parameter maps.
+import * as tf from '@tensorflow/tfjs';
+import { initBackend } from '../lib/backend.ts';
+import { collateGroups, type SpecialTokens } from '../lib/data/collator.ts';
+import type { Group } from '../lib/data/sample.ts';
+import type { ParamMap } from '../lib/model/types.ts';
+import { PyRandom } from '../lib/data/pyrandom.ts';
+import type { TrainBatch } from '../lib/step.ts';
+
+export const backend = await initBackend();
+
+export const SPECIAL: SpecialTokens = { cls: 1, sep: 2, pad: 0 };
+
+/** B random groups of n passages over ids [3, vocab) with random lengths, collated. */
+export function randomBatch(seed: number, B: number, n: number, vocab: number, qLen = 8, pLen = 12): TrainBatch {
+  const rng = new PyRandom(seed);
+  const seq = (max: number) => Array.from({ length: 1 + rng.randbelow(max) }, () => 3 + rng.randbelow(vocab - 3));
+  const groups: Group[] = Array.from({ length: B }, () => ({ query: seq(qLen), passages: Array.from({ length: n }, () => seq(pLen)) }));
+  return collateGroups(groups, { qMaxLen: qLen, pMaxLen: pLen, special: SPECIAL });
+}
+
+/** Rows of the batches one after another (what one rank sees when W ranks' batches are concatenated). */
+export function concatBatches(batches: TrainBatch[]): TrainBatch {
+  const cat = (side: 'queries' | 'passages') => {
+    const parts = batches.map((b) => b[side]);
+    const join = (key: 'inputIds' | 'attentionMask') => {
+      const out = new Int32Array(parts.reduce((n, p) => n + p[key].length, 0));
+      let at = 0;
+      for (const p of parts) {
+        out.set(p[key], at);
+        at += p[key].length;
+      }
+      return out;
+    };
+    return { inputIds: join('inputIds'), attentionMask: join('attentionMask'), rows: parts.reduce((n, p) => n + p.rows, 0), length: parts[0].length };
+  };
+  return { queries: cat('queries'), passages: cat('passages') };
+}
+
+/**
+ * max over parameters of max|a − b| / max|b|, where max|b| is floored at 1% of the largest gradient
+ * of all parameters: a gradient that is exactly zero in theory (the passage bias of a contrastive loss)
+ * is float noise, and its relative error would be noise over noise.
+ */
+export function maxRelativeError(a: ParamMap, b: ParamMap): number {
+  const absMax = (v: ArrayLike<number>) => {
+    let m = 0;
+    for (let i = 0; i < v.length; i++) m = Math.max(m, Math.abs(v[i]));
+    return m;
+  };
+  const names = Object.keys(b);
+  const floor = 0.01 * Math.max(...names.map((k) => absMax(b[k].dataSync())));
+  let worst = 0;
+  for (const k of names) {
+    if (!a[k]) throw new Error(`missing gradient ${k}`);
+    const x = a[k].dataSync();
+    const y = b[k].dataSync();
+    const diff = absMax(Array.from(y, (v, i) => v - x[i]));
+    worst = Math.max(worst, diff / Math.max(absMax(y), floor, 1e-30));
+  }
+  return worst;
+}
+
+export function disposeAll(...maps: ParamMap[]): void {
+  for (const m of maps) tf.dispose(Object.values(m));
+}
+
+export function close(actual: number, expected: number, tol: number, what: string): void {
+  if (!(Math.abs(actual - expected) <= tol * Math.max(1, Math.abs(expected)))) {
+    throw new Error(`${what}: ${actual} differs from ${expected} by more than ${tol} (relative)`);
+  }
+}
