@@ -13,3 +13,10 @@ export { collateGroups, collateSequences, rowSlice, type TokenBatch, type Specia
 export { PyRandom } from './data/pyrandom.ts';
 export { bagBiEncoder, initBagParams, maskedMean, batchTensors, type BagConfig } from './model/bag.ts';
 export type { BiEncoder, Encoder, ParamMap } from './model/types.ts';
+export { adamwStep, initAdamW, lrMultiplier, warmupSteps, clipByGlobalNorm, decays, disposeParams, SCHEDULES, type AdamWConfig, type AdamWState, type ScheduleType } from './optim.ts';
+export { trainStep, type TrainState, type TrainConfig, type StepMetrics } from './train.ts';
+export { epochBatches, stepsPerEpoch, type EpochOptions } from './data/sampler.ts';
+export { syntheticTask, type SyntheticTask, type SyntheticOptions } from './data/synthetic.ts';
+export { recallAtK } from './metrics.ts';
+export { encodeSequences, innerProducts } from './encode.ts';
+export { parseSafetensors, serializeSafetensors, type TensorDict, type NamedArray } from './model/safetensors.ts';

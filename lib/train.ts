@@ -1,0 +1,78 @@
+// One optimizer step as a function of a value: (state, batches) -> (next state, metrics). Composes the
+// plain or grad-cache gradient, micro-batch accumulation, the cross-rank average, clipping, the
+// learning-rate schedule and AdamW.
+import * as tf from '@tensorflow/tfjs';
+import type { ProcessGroup } from './dist/group.ts';
+import { allReduceParams } from './dist/tensors.ts';
+import { gradCacheStep } from './gradcache.ts';
+import type { BiEncoder, ParamMap } from './model/types.ts';
+import { adamwStep, clipByGlobalNorm, disposeParams, lrMultiplier, type AdamWConfig, type AdamWState, type ScheduleType } from './optim.ts';
+import { foldIn, type Key } from './random.ts';
+import { accumulate, fullBatchStep, type TrainBatch } from './step.ts';
+
+export interface TrainState {
+  params: ParamMap;
+  optimizer: AdamWState;
+  /** The run's random key; step s draws dropout from foldIn(key, s). */
+  key: Key;
+}
+
+export interface TrainConfig {
+  /** lr is the peak learning rate. */
+  adamw: AdamWConfig;
+  schedule: ScheduleType;
+  warmupSteps: number;
+  totalSteps: number;
+  /** 0 disables clipping. */
+  maxGradNorm: number;
+  /** Grad-cache chunk sizes; null for the plain step. */
+  gradCache: { qChunkSize: number; pChunkSize: number } | null;
+  /** Train with the model's dropout (false: deterministic, e.g. for gradient checks). */
+  dropout: boolean;
+  temperature?: number;
+  group?: ProcessGroup;
+  negativesXDevice?: boolean;
+}
+
+export interface StepMetrics {
+  loss: number;
+  gradNorm: number;
+  learningRate: number;
+}
+
+/**
+ * One optimizer step over one or more micro-batches (gradient accumulation averages them). Consumes
+ * `state`: its parameter and moment tensors are disposed once the next ones exist (memory is the limit).
+ */
+export async function trainStep(model: BiEncoder, state: TrainState, batches: TrainBatch[], cfg: TrainConfig): Promise<{ state: TrainState; metrics: StepMetrics }> {
+  const step = state.optimizer.step;
+  let grads: ParamMap | null = null;
+  let loss = 0;
+  for (let i = 0; i < batches.length; i++) {
+    const opts = {
+      key: cfg.dropout ? foldIn(foldIn(state.key, step), i) : null,
+      temperature: cfg.temperature,
+      group: cfg.group,
+      negativesXDevice: cfg.negativesXDevice,
+    };
+    const res = cfg.gradCache ? await gradCacheStep(model, state.params, batches[i], { ...opts, ...cfg.gradCache }) : await fullBatchStep(model, state.params, batches[i], opts);
+    loss += res.loss / batches.length;
+    grads = accumulate(grads, res.grads);
+  }
+  if (batches.length > 1) {
+    const summed = grads!;
+    grads = Object.fromEntries(Object.entries(summed).map(([k, g]) => [k, tf.div(g, batches.length)]));
+    disposeParams(summed);
+  }
+  if (cfg.group && cfg.group.worldSize > 1) {
+    const local = grads!;
+    grads = await allReduceParams(local, cfg.group, 'mean');
+    disposeParams(local);
+  }
+  const clipped = clipByGlobalNorm(grads!, cfg.maxGradNorm);
+  const learningRate = cfg.adamw.lr * lrMultiplier(cfg.schedule, step, cfg.warmupSteps, cfg.totalSteps);
+  const next = adamwStep(state.params, clipped.grads, state.optimizer, { ...cfg.adamw, lr: learningRate });
+  if (clipped.grads !== grads) disposeParams(clipped.grads);
+  disposeParams(grads!, state.params, state.optimizer.m, state.optimizer.v);
+  return { state: { ...state, params: next.params, optimizer: next.state }, metrics: { loss, gradNorm: clipped.norm, learningRate } };
+}
