@@ -1,0 +1,133 @@
+// Reading training and encoding data: .json (a JSON array or JSON Lines) and .jsonl files, gzipped or
+// not, one file or a directory of them. Rows are Tevatron's raw format {query_id, query,
+// positive_passages, negative_passages} or the pre-tokenized {query, positives, negatives}; a bad
+// row is an error naming file:line and the field.
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { gunzipSync } from 'node:zlib';
+import type { TrainExample } from './sample.ts';
+
+const DATA_FILE = /\.(json|jsonl)(\.gz)?$/;
+
+/** The data files of --train_dir: the file itself, or the directory's *.json/*.jsonl(.gz), sorted (no recursion). */
+export function listDataFiles(p: string, flag = 'train_dir'): string[] {
+  let st;
+  try {
+    st = statSync(p);
+  } catch {
+    throw new Error(`--${flag} ${p}: no such file or directory`);
+  }
+  if (!st.isDirectory()) return [p];
+  const files = readdirSync(p).filter((f) => DATA_FILE.test(f)).sort().map((f) => path.join(p, f));
+  if (files.length === 0) throw new Error(`--${flag} ${p}: the directory holds no .json/.jsonl(.gz) files`);
+  return files;
+}
+
+/** Rows of one file with their line numbers (1-based; for a JSON array, the element index + 1). */
+export function readRows(file: string): { row: unknown; where: string }[] {
+  let text: string;
+  try {
+    const bytes = readFileSync(file);
+    text = (file.endsWith('.gz') ? gunzipSync(bytes) : bytes).toString('utf8');
+  } catch (e) {
+    throw new Error(`${file}: cannot read (${(e as Error).message})`);
+  }
+  if (text.trimStart().startsWith('[')) {
+    let rows: unknown[];
+    try {
+      rows = JSON.parse(text);
+    } catch (e) {
+      throw new Error(`${file}: not valid JSON (${(e as Error).message}); use a JSON array or one JSON object per line`);
+    }
+    return rows.map((row, i) => ({ row, where: `${file}: item ${i + 1}` }));
+  }
+  const out: { row: unknown; where: string }[] = [];
+  text.split('\n').forEach((line, i) => {
+    if (line.trim() === '') return;
+    try {
+      out.push({ row: JSON.parse(line), where: `${file}:${i + 1}` });
+    } catch (e) {
+      throw new Error(`${file}:${i + 1}: not valid JSON (${(e as Error).message})`);
+    }
+  });
+  return out;
+}
+
+export interface PassageRow {
+  docid?: string;
+  title?: string;
+  text: string;
+}
+
+/** Text → token ids without special tokens, at most `maxTokens`. */
+export type Tokenize = (text: string, maxTokens: number) => number[];
+
+export interface ExampleOptions {
+  tokenize: Tokenize;
+  qMaxLen: number;
+  pMaxLen: number;
+  /** Between title and text (already resolved from a tokenizer attribute name such as sep_token). */
+  separator: string;
+}
+
+/** title + separator + text when the row has a title field (even an empty one, as Tevatron), else text. */
+export function passageText(p: PassageRow, separator: string): string {
+  return p.title !== undefined ? p.title + separator + p.text : p.text;
+}
+
+function fail(where: string, field: string, fix: string): Error {
+  return new Error(`${where}: ${field} ${fix}`);
+}
+
+function isIds(v: unknown): v is number[] {
+  return Array.isArray(v) && v.every((x) => Number.isInteger(x));
+}
+
+function passageOf(p: unknown, where: string, field: string): PassageRow {
+  if (typeof p !== 'object' || p === null || typeof (p as PassageRow).text !== 'string') {
+    throw fail(where, field, 'must be an object with a string "text" (and optional "title", "docid")');
+  }
+  const { title } = p as PassageRow;
+  if (title !== undefined && typeof title !== 'string') throw fail(where, `${field}.title`, 'must be a string');
+  return p as PassageRow;
+}
+
+/** One row (raw text or pre-tokenized) → a training example of token ids. */
+export function toTrainExample(row: unknown, where: string, o: ExampleOptions): TrainExample {
+  if (typeof row !== 'object' || row === null || Array.isArray(row)) throw fail(where, 'the row', 'must be a JSON object');
+  const r = row as Record<string, unknown>;
+  if ('positives' in r || (isIds(r.query) && !('positive_passages' in r))) {
+    // pre-tokenized: {query: ids|text, positives: [ids|text], negatives: [ids|text]}
+    const seq = (v: unknown, field: string, max: number) => {
+      if (typeof v === 'string') return o.tokenize(v, max);
+      if (isIds(v)) return v.slice(0, max);
+      throw fail(where, field, 'must be a list of token ids or a string');
+    };
+    const list = (field: string) => {
+      const v = r[field] ?? [];
+      if (!Array.isArray(v)) throw fail(where, `"${field}"`, 'must be a list');
+      return v.map((x, i) => seq(x, `"${field}"[${i}]`, o.pMaxLen));
+    };
+    return { queryId: r.query_id === undefined ? undefined : String(r.query_id), query: seq(r.query, '"query"', o.qMaxLen), positives: list('positives'), negatives: list('negatives') };
+  }
+  if (typeof r.query !== 'string') throw fail(where, '"query"', 'must be a string (raw rows: query_id, query, positive_passages, negative_passages)');
+  const passages = (field: string) => {
+    const v = r[field] ?? [];
+    if (!Array.isArray(v)) throw fail(where, `"${field}"`, 'must be a list of {title?, text} objects');
+    return v.map((p, i) => {
+      return o.tokenize(passageText(passageOf(p, where, `"${field}"[${i}]`), o.separator), o.pMaxLen);
+    });
+  };
+  if (!('positive_passages' in r)) throw fail(where, '"positive_passages"', 'is missing');
+  return {
+    queryId: r.query_id === undefined ? undefined : String(r.query_id),
+    query: o.tokenize(r.query, o.qMaxLen),
+    positives: passages('positive_passages'),
+    negatives: passages('negative_passages'),
+  };
+}
+
+/** Every example of the given files. */
+export function loadTrainExamples(files: string[], o: ExampleOptions): TrainExample[] {
+  return files.flatMap((f) => readRows(f).map(({ row, where }) => toTrainExample(row, where, o)));
+}
