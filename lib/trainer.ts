@@ -1,0 +1,107 @@
+// The training loop: epochs of sampled, collated batches through trainStep, with Hugging Face
+// Trainer's step accounting (max_steps or epochs, gradient accumulation, logging and save intervals)
+// and exact resumption — data order, groups and dropout are pure functions of (seed, epoch, step), so
+// a resumed run replays the very batches an uninterrupted one would have seen.
+import type { SpecialTokens } from './data/collator.ts';
+import { collateGroups } from './data/collator.ts';
+import { epochBatches, stepsPerEpoch } from './data/sampler.ts';
+import { sampleGroup, type TrainExample } from './data/sample.ts';
+import type { BiEncoder } from './model/types.ts';
+import { warmupSteps } from './optim.ts';
+import { trainStep, type TrainConfig, type TrainState } from './train.ts';
+
+export interface LoopOptions {
+  batchSize: number;
+  nPassages: number;
+  qMaxLen: number;
+  pMaxLen: number;
+  special: SpecialTokens;
+  seed: number;
+  numTrainEpochs: number;
+  /** > 0 overrides numTrainEpochs. */
+  maxSteps: number;
+  gradientAccumulationSteps: number;
+  warmupRatio: number;
+  warmupSteps: number;
+  loggingSteps: number;
+  saveSteps: number;
+  positiveNoShuffle?: boolean;
+  negativeNoShuffle?: boolean;
+}
+
+export interface LogRecord {
+  step: number;
+  epoch: number;
+  loss: number;
+  learning_rate: number;
+  grad_norm: number;
+  samples_per_second: number;
+}
+
+export interface LoopHooks {
+  onLog?(record: LogRecord): void | Promise<void>;
+  /** Called after optimizer step `step` when it is a save step, and after the last step (`final`). */
+  onSave?(state: TrainState, step: number, epoch: number, final: boolean): void | Promise<void>;
+}
+
+/** Total optimizer steps and the warmup, as Hugging Face's Trainer computes them. */
+export function schedulePlan(numExamples: number, o: LoopOptions, worldSize = 1): { perEpoch: number; total: number; warmup: number; epochs: number } {
+  const perEpoch = stepsPerEpoch(numExamples, o.batchSize, worldSize, o.gradientAccumulationSteps);
+  if (perEpoch === 0) {
+    throw new Error(`${numExamples} training examples make no full batch of ${o.batchSize * o.gradientAccumulationSteps * worldSize} (per_device_train_batch_size × gradient_accumulation_steps × processes); lower the batch size`);
+  }
+  const total = o.maxSteps > 0 ? o.maxSteps : Math.ceil(o.numTrainEpochs * perEpoch);
+  return { perEpoch, total, warmup: warmupSteps(total, o.warmupRatio, o.warmupSteps), epochs: Math.ceil(total / perEpoch) };
+}
+
+/**
+ * Trains from `state` (step state.optimizer.step, e.g. a resumed checkpoint) to the planned total.
+ * `cfg` is the step configuration without the schedule totals, which the plan fills in.
+ */
+export async function trainLoop(
+  model: BiEncoder,
+  state: TrainState,
+  examples: TrainExample[],
+  o: LoopOptions,
+  cfg: Omit<TrainConfig, 'totalSteps' | 'warmupSteps'>,
+  hooks: LoopHooks = {},
+): Promise<TrainState> {
+  const W = cfg.group?.worldSize ?? 1;
+  const rank = cfg.group?.rank ?? 0;
+  const plan = schedulePlan(examples.length, o, W);
+  const full: TrainConfig = { ...cfg, totalSteps: plan.total, warmupSteps: plan.warmup };
+  const accum = o.gradientAccumulationSteps;
+  let window = { loss: 0, steps: 0, started: performance.now() };
+  for (let step = state.optimizer.step; step < plan.total; ) {
+    const epoch = Math.floor(step / plan.perEpoch);
+    const batches = epochBatches(examples.length, { batchSize: o.batchSize, seed: o.seed, epoch, rank, worldSize: W });
+    for (let k = (step % plan.perEpoch) * accum; k + accum <= batches.length && step < plan.total; k += accum) {
+      const micro = batches.slice(k, k + accum).map((idx) =>
+        collateGroups(
+          idx.map((i) => sampleGroup(examples[i], i, { nPassages: o.nPassages, seed: o.seed, epoch, positiveNoShuffle: o.positiveNoShuffle, negativeNoShuffle: o.negativeNoShuffle })),
+          { qMaxLen: o.qMaxLen, pMaxLen: o.pMaxLen, special: o.special },
+        ),
+      );
+      const res = await trainStep(model, state, micro, full);
+      state = res.state;
+      step = state.optimizer.step;
+      window.loss += res.metrics.loss;
+      window.steps += 1;
+      const epochFloat = step / plan.perEpoch;
+      if (step % o.loggingSteps === 0 || step === plan.total) {
+        const seconds = (performance.now() - window.started) / 1000;
+        await hooks.onLog?.({
+          step,
+          epoch: Number(epochFloat.toFixed(4)),
+          loss: window.loss / window.steps,
+          learning_rate: res.metrics.learningRate,
+          grad_norm: res.metrics.gradNorm,
+          samples_per_second: (window.steps * accum * o.batchSize * W) / seconds,
+        });
+        window = { loss: 0, steps: 0, started: performance.now() };
+      }
+      if (step % o.saveSteps === 0 || step === plan.total) await hooks.onSave?.(state, step, epochFloat, step === plan.total);
+    }
+  }
+  return state;
+}

@@ -1,0 +1,55 @@
+import * as tf from '@tensorflow/tfjs';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { syntheticTask } from '../lib/data/synthetic.ts';
+import { bagBiEncoder, initBagParams } from '../lib/model/bag.ts';
+import type { ParamMap } from '../lib/model/types.ts';
+import { initAdamW } from '../lib/optim.ts';
+import type { TrainConfig, TrainState } from '../lib/train.ts';
+import { schedulePlan, trainLoop, type LogRecord, type LoopOptions } from '../lib/trainer.ts';
+import { SPECIAL, disposeAll } from './helpers.ts';
+
+const task = syntheticTask({ passages: 60, testQueries: 0, seed: 9, topicWords: 40, fillerWords: 6 });
+const config = { vocabSize: task.vocabSize, hiddenSize: 8, outputSize: 8, dropout: 0.1 };
+const model = bagBiEncoder(config);
+const loop: LoopOptions = {
+  batchSize: 8, nPassages: 2, qMaxLen: 8, pMaxLen: 16, special: SPECIAL, seed: 3, numTrainEpochs: 2, maxSteps: -1,
+  gradientAccumulationSteps: 1, warmupRatio: 0.1, warmupSteps: 0, loggingSteps: 2, saveSteps: 3,
+};
+const cfg: Omit<TrainConfig, 'totalSteps' | 'warmupSteps'> = {
+  adamw: { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01 }, schedule: 'linear', maxGradNorm: 1, gradCache: null, dropout: true,
+};
+const fresh = (): TrainState => {
+  const params = initBagParams(config, 1);
+  return { params, optimizer: initAdamW(params), key: 17 };
+};
+const clone = (m: ParamMap): ParamMap => Object.fromEntries(Object.entries(m).map(([k, t]) => [k, tf.clone(t)]));
+
+test('steps as Hugging Face: per epoch = floor(examples / batch / accumulation), warmup = ceil(ratio · total)', () => {
+  assert.equal(schedulePlan(54, loop), { perEpoch: 6, total: 12, warmup: 2, epochs: 2 });
+  assert.equal(schedulePlan(54, { ...loop, maxSteps: 5 }), { perEpoch: 6, total: 5, warmup: 1, epochs: 1 });
+  assert.equal(schedulePlan(54, { ...loop, gradientAccumulationSteps: 2, numTrainEpochs: 1.5 }), { perEpoch: 3, total: 5, warmup: 1, epochs: 2 });
+  assert.throws(() => schedulePlan(5, loop), /5 training examples make no full batch of 8/);
+});
+
+test('a run resumed from a mid-run checkpoint ends with the same weights as an uninterrupted one', async () => {
+  const logs: LogRecord[] = [];
+  let saved: TrainState | null = null;
+  const saves: number[] = [];
+  const straight = await trainLoop(model, fresh(), task.train, loop, cfg, {
+    onLog: (r) => void logs.push(r),
+    onSave: (s, step) => {
+      saves.push(step);
+      if (step === 3) saved = { ...s, params: clone(s.params), optimizer: { step: s.optimizer.step, m: clone(s.optimizer.m), v: clone(s.optimizer.v) } };
+    },
+  });
+  assert.equal(schedulePlan(task.train.length, loop).total, 14); // 60 examples / 8 = 7 steps × 2 epochs
+  assert.equal(saves, [3, 6, 9, 12, 14], 'every save_steps, and at the end');
+  assert.equal(logs.map((l) => l.step), [2, 4, 6, 8, 10, 12, 14]);
+  assert.ok(logs.every((l) => Number.isFinite(l.loss) && l.samples_per_second > 0));
+  const resumed = await trainLoop(model, saved!, task.train, loop, cfg);
+  for (const k of Object.keys(straight.params)) assert.equal(Array.from(resumed.params[k].dataSync()), Array.from(straight.params[k].dataSync()), k);
+  disposeAll(straight.params, straight.optimizer.m, straight.optimizer.v, resumed.params, resumed.optimizer.m, resumed.optimizer.v);
+});
+
+test.run();
