@@ -1,0 +1,47 @@
+// Where this process sits in a multi-process run, read from the launcher's environment: ours and
+// torchrun's (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), SLURM's and OpenMPI's.
+
+export interface RankInfo {
+  rank: number;
+  worldSize: number;
+  localRank: number;
+  masterAddr: string;
+  masterPort: number;
+  /** Which launcher's variables were read. */
+  source: 'torchrun' | 'slurm' | 'openmpi' | 'none';
+}
+
+type Env = Record<string, string | undefined>;
+
+function int(env: Env, name: string): number {
+  const v = Number(env[name]);
+  if (!Number.isInteger(v) || v < 0) throw new Error(`environment variable ${name}=${env[name]} is not a non-negative integer`);
+  return v;
+}
+
+/** Rank and world from the environment; a plain process is rank 0 of 1. */
+export function rankFromEnv(env: Env = process.env): RankInfo {
+  const master = () => {
+    const masterAddr = env.MASTER_ADDR ?? env.SLURM_LAUNCH_NODE_IPADDR ?? '127.0.0.1';
+    const masterPort = env.MASTER_PORT === undefined ? 29500 : int(env, 'MASTER_PORT');
+    return { masterAddr, masterPort };
+  };
+  let info: RankInfo;
+  if (env.WORLD_SIZE !== undefined && env.RANK !== undefined) {
+    info = { rank: int(env, 'RANK'), worldSize: int(env, 'WORLD_SIZE'), localRank: env.LOCAL_RANK === undefined ? 0 : int(env, 'LOCAL_RANK'), ...master(), source: 'torchrun' };
+  } else if (env.SLURM_PROCID !== undefined && env.SLURM_NTASKS !== undefined) {
+    info = { rank: int(env, 'SLURM_PROCID'), worldSize: int(env, 'SLURM_NTASKS'), localRank: env.SLURM_LOCALID === undefined ? 0 : int(env, 'SLURM_LOCALID'), ...master(), source: 'slurm' };
+  } else if (env.OMPI_COMM_WORLD_RANK !== undefined && env.OMPI_COMM_WORLD_SIZE !== undefined) {
+    info = {
+      rank: int(env, 'OMPI_COMM_WORLD_RANK'),
+      worldSize: int(env, 'OMPI_COMM_WORLD_SIZE'),
+      localRank: env.OMPI_COMM_WORLD_LOCAL_RANK === undefined ? 0 : int(env, 'OMPI_COMM_WORLD_LOCAL_RANK'),
+      ...master(),
+      source: 'openmpi',
+    };
+  } else {
+    return { rank: 0, worldSize: 1, localRank: 0, ...master(), source: 'none' };
+  }
+  if (info.worldSize < 1 || info.rank >= info.worldSize) throw new Error(`rank ${info.rank} is outside a world of ${info.worldSize} processes (${info.source} environment)`);
+  return info;
+}

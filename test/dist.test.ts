@@ -1,0 +1,64 @@
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { rankFromEnv } from '../lib/dist/env.ts';
+
+const worker = path.resolve('test/fixtures/dist_worker.ts');
+let nextPort = 29600 + (process.pid % 500) * 2;
+
+/** Starts W worker processes on loopback; resolves with each one's exit code, stdout and stderr. */
+function runWorkers(W: number, mode = ''): Promise<{ code: number | null; out: string; err: string; ms: number }[]> {
+  const port = nextPort++;
+  const started = Date.now();
+  return Promise.all(
+    Array.from({ length: W }, (_, rank) =>
+      new Promise<{ code: number | null; out: string; err: string; ms: number }>((resolve) => {
+        const child = spawn(process.execPath, ['--import', 'tsx', worker], {
+          env: { ...process.env, RANK: String(rank), WORLD_SIZE: String(W), LOCAL_RANK: String(rank), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port), MODE: mode },
+        });
+        let out = '';
+        let err = '';
+        child.stdout.on('data', (d) => (out += d));
+        child.stderr.on('data', (d) => (err += d));
+        child.on('exit', (code) => resolve({ code, out, err, ms: Date.now() - started }));
+      }),
+    ),
+  );
+}
+
+test('rank discovery: ours/torchrun, SLURM, OpenMPI, none', () => {
+  assert.equal(rankFromEnv({ RANK: '2', WORLD_SIZE: '4', LOCAL_RANK: '0', MASTER_ADDR: 'h', MASTER_PORT: '1234' }), { rank: 2, worldSize: 4, localRank: 0, masterAddr: 'h', masterPort: 1234, source: 'torchrun' });
+  assert.equal(rankFromEnv({ SLURM_PROCID: '5', SLURM_NTASKS: '8', SLURM_LOCALID: '1', MASTER_ADDR: 'n1' }).rank, 5);
+  assert.equal(rankFromEnv({ OMPI_COMM_WORLD_RANK: '1', OMPI_COMM_WORLD_SIZE: '2', OMPI_COMM_WORLD_LOCAL_RANK: '1' }).source, 'openmpi');
+  assert.equal(rankFromEnv({}).worldSize, 1);
+  assert.throws(() => rankFromEnv({ RANK: '4', WORLD_SIZE: '4' }), /rank 4 is outside a world of 4/);
+  assert.throws(() => rankFromEnv({ RANK: 'x', WORLD_SIZE: '4' }), /RANK=x is not a non-negative integer/);
+});
+
+test('TCP group of 3 processes: ring all-reduce (sum, mean), all-gather in rank order, broadcast, barrier', async () => {
+  const W = 3;
+  const results = await runWorkers(W);
+  for (const r of results) assert.is(r.code, 0, r.err);
+  const parsed = results.map((r) => JSON.parse(r.out));
+  const expectSum = Array.from({ length: 10 }, (_, i) => (0 + 100 + 200) + 3 * i);
+  for (const p of parsed) {
+    assert.equal(p.sum, expectSum);
+    assert.equal(p.mean, expectSum.map((v) => v / 3));
+    assert.equal(p.gathered, [0, -0, 1, -1, 2, -2].map((v) => v + 0));
+    assert.equal(p.bcast, [1.5]);
+    assert.ok(p.bigOk, 'a 1M-value all-reduce with a length that does not divide by W');
+  }
+});
+
+test('a killed rank ends every other rank with a clear error, not a hang', async () => {
+  const results = await runWorkers(3, 'die');
+  assert.is(results[2].code, 3);
+  for (const r of results.slice(0, 2)) {
+    assert.is(r.code, 1);
+    assert.match(r.err, /rank 2 disconnected/);
+    assert.ok(r.ms < 30_000, `ended after ${r.ms} ms`);
+  }
+});
+
+test.run();
