@@ -1,0 +1,70 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { PyRandom } from '../lib/data/pyrandom.ts';
+import { formatRanking, readEncoded, search, writeEncoded, type Encoded } from '../lib/search.ts';
+
+function randomEncoded(seed: number, n: number, dim: number, prefix: string): Encoded {
+  const r = new PyRandom(seed);
+  return { ids: Array.from({ length: n }, (_, i) => `${prefix}${i}`), data: Float32Array.from({ length: n * dim }, () => r.random() * 2 - 1), dim };
+}
+
+/** The reference: every score in float64, sorted descending (index order on ties). */
+function argsortReference(q: Encoded, p: Encoded, depth: number) {
+  return q.ids.map((_, i) =>
+    p.ids
+      .map((id, j) => {
+        let s = 0;
+        for (let d = 0; d < q.dim; d++) s += q.data[i * q.dim + d] * p.data[j * p.dim + d];
+        return { id, s, j };
+      })
+      .sort((a, b) => b.s - a.s || a.j - b.j)
+      .slice(0, depth),
+  );
+}
+
+test('search equals an argsort of Q·Pᵀ, and sharded equals unsharded', () => {
+  const q = randomEncoded(1, 13, 16, 'q');
+  const p = randomEncoded(2, 200, 16, 'd');
+  const ref = argsortReference(q, p, 25);
+  const whole = search(q, [p], 25, 5);
+  whole.forEach((hits, i) => {
+    assert.is(hits.length, 25);
+    hits.forEach((h, r) => {
+      assert.ok(Math.abs(h.score - ref[i][r].s) < 1e-5, `score q${i} rank ${r}`);
+      const gap = Math.min(...[r - 1, r + 1].filter((x) => x >= 0 && x < 25).map((x) => Math.abs(ref[i][x].s - ref[i][r].s)));
+      if (gap > 1e-4) assert.is(h.docid, ref[i][r].id, `docid q${i} rank ${r}`);
+    });
+  });
+  const shard = (a: number, b: number): Encoded => ({ ids: p.ids.slice(a, b), data: p.data.slice(a * 16, b * 16), dim: 16 });
+  const sharded = search(q, [shard(0, 70), shard(70, 71), shard(71, 200)], 25, -1);
+  assert.equal(sharded.map((h) => h.map((x) => x.docid)), whole.map((h) => h.map((x) => x.docid)));
+  sharded.forEach((h, i) => h.forEach((x, r) => assert.ok(Math.abs(x.score - whole[i][r].score) < 1e-6)));
+});
+
+test('ties rank the earlier passage first; depth larger than the corpus returns it all', () => {
+  const q: Encoded = { ids: ['q'], data: Float32Array.from([1, 0]), dim: 2 };
+  const p: Encoded = { ids: ['a', 'b', 'c', 'd'], data: Float32Array.from([0, 1, 2, 0, 2, 0, 1, 0]), dim: 2 };
+  const shards = [{ ids: ['a', 'b'], data: p.data.slice(0, 4), dim: 2 }, { ids: ['c', 'd'], data: p.data.slice(4), dim: 2 }];
+  assert.equal(search(q, shards, 10).map((h) => h.map((x) => x.docid)), [['b', 'c', 'd', 'a']]);
+  assert.is(formatRanking(['q'], search(q, [p], 2), 'text'), 'q\tb\t2\nq\tc\t2\n');
+  assert.is(formatRanking(['q'], search(q, [p], 2), 'trec'), 'q Q0 b 1 2 tevatron-ts\nq Q0 c 2 2 tevatron-ts\n');
+});
+
+test('encoded files round trip; mismatched ids and dimensions are clear errors', () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'enc-'));
+  const file = path.join(dir, 'corpus.safetensors');
+  const e = randomEncoded(3, 5, 4, 'doc');
+  writeEncoded(file, e);
+  const back = readEncoded(file);
+  assert.equal(back.ids, e.ids);
+  assert.equal(Array.from(back.data), Array.from(e.data));
+  writeFileSync(`${file}.ids`, 'a\nb\n');
+  assert.throws(() => readEncoded(file), /lists 2 ids for 5 rows/);
+  assert.throws(() => readEncoded(path.join(dir, 'missing')), /cannot read the encoded representations/);
+  assert.throws(() => search(randomEncoded(4, 1, 3, 'q'), [e], 3), /has dimension 4, the queries 3/);
+});
+
+test.run();
