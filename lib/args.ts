@@ -4,7 +4,7 @@
 // validates it and writes --help.
 import { readFileSync } from 'node:fs';
 
-export type Script = 'train' | 'encode';
+export type Script = 'train' | 'encode' | 'search' | 'evaluate';
 type Kind = 'string' | 'int' | 'float' | 'bool' | 'list' | 'optional';
 
 interface Flag {
@@ -20,6 +20,8 @@ interface Flag {
 const T: Script[] = ['train'];
 const E: Script[] = ['encode'];
 const TE: Script[] = ['train', 'encode'];
+const S: Script[] = ['search'];
+const V: Script[] = ['evaluate'];
 
 /** Every flag. Defaults are Tevatron v1's, and Hugging Face's (transformers 4.x) for TrainingArguments. */
 export const FLAGS: readonly Flag[] = [
@@ -81,8 +83,23 @@ export const FLAGS: readonly Flag[] = [
   { name: 'fp16', kind: 'bool', default: false, help: 'accepted; tfjs has no float16, so training stays in float32 (a warning says so)', scripts: TE, group: 'training' },
   { name: 'dataloader_num_workers', kind: 'int', default: 0, help: 'accepted for compatibility', scripts: TE, group: 'training' },
   { name: 'resume_from_checkpoint', kind: 'optional', default: null, help: 'a checkpoint directory, or true for the latest in output_dir', scripts: T, group: 'training' },
+  // search (Tevatron's faiss_retriever)
+  { name: 'query_reps', kind: 'string', default: null, help: 'encoded queries (an encode.ts output)', scripts: S, group: 'data' },
+  { name: 'passage_reps', kind: 'list', default: null, help: 'encoded passage shards: paths or globs (quote them)', scripts: S, group: 'data' },
+  { name: 'depth', kind: 'int', default: 1000, help: 'passages retrieved per query', scripts: S, group: 'data' },
+  { name: 'batch_size', kind: 'int', default: 128, help: 'queries scored at once (<= 0: all)', scripts: S, group: 'data' },
+  { name: 'save_ranking_to', kind: 'string', default: null, help: 'the ranking file to write', scripts: S, group: 'data' },
+  { name: 'save_text', kind: 'bool', default: false, help: 'text ranking qid<TAB>docid<TAB>score (the default format here)', scripts: S, group: 'data' },
+  { name: 'save_trec', kind: 'bool', default: false, help: 'TREC ranking: qid Q0 docid rank score tag', scripts: S, group: 'data' },
+  { name: 'quiet', kind: 'bool', default: false, help: 'no progress output', scripts: S, group: 'data' },
+  // evaluate
+  { name: 'run', kind: 'string', default: null, help: 'a ranking (text or TREC), from search.ts or any other tool', scripts: V, group: 'data' },
+  { name: 'qrels', kind: 'string', default: null, help: 'qid<TAB>docid[<TAB>rel] or TREC qrels', scripts: V, group: 'data' },
+  { name: 'queries', kind: 'string', default: null, help: 'queries with answers ({query_id, answers}) for DPR top-k accuracy', scripts: V, group: 'data' },
+  { name: 'corpus', kind: 'string', default: null, help: 'passages ({docid, text}) for DPR top-k accuracy', scripts: V, group: 'data' },
+  { name: 'save_json', kind: 'string', default: null, help: 'also write the metrics as JSON here', scripts: V, group: 'data' },
   // our own
-  { name: 'backend', kind: 'string', default: 'auto', choices: ['auto', 'tensorflow', 'wasm', 'cpu'], help: 'TensorFlow.js backend', scripts: TE, group: 'tevatron-ts' },
+  { name: 'backend', kind: 'string', default: 'auto', choices: ['auto', 'tensorflow', 'wasm', 'cpu'], help: 'TensorFlow.js backend', scripts: ['train', 'encode', 'search'], group: 'tevatron-ts' },
 ];
 
 export type ArgValue = string | number | boolean | string[] | null;
@@ -208,6 +225,20 @@ function validate(a: Args, script: Script): Args {
   const positive = (name: string) => {
     if (a[name] !== null && !((a[name] as number) > 0)) throw new Error(`--${name} must be > 0, got ${a[name]}`);
   };
+  if (script === 'search') {
+    need('query_reps', 'the encoded queries');
+    need('passage_reps', 'the encoded passages');
+    need('save_ranking_to', 'where the ranking goes');
+    positive('depth');
+    if (a.save_text && a.save_trec) throw new Error('--save_text and --save_trec both given: pick one format');
+    return a;
+  }
+  if (script === 'evaluate') {
+    need('run', 'the ranking to evaluate');
+    if (a.qrels === null && a.queries === null) throw new Error('pass --qrels (relevance judgements) and/or --queries with --corpus (answer strings)');
+    if ((a.queries === null) !== (a.corpus === null)) throw new Error('--queries and --corpus go together: answers are matched in the passages\' text');
+    return a;
+  }
   need('model_name_or_path', 'the model to start from (a directory or a hub id such as bert-base-uncased)');
   positive('q_max_len');
   positive('p_max_len');

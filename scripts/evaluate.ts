@@ -1,0 +1,33 @@
+// Evaluates any ranking (ours, BM25's, ...): recall@k, MRR@10, nDCG@10 against qrels, and DPR top-k
+// answer accuracy from the queries' answers and the passages' text. Prints a table; --save_json too.
+import { renameSync, writeFileSync } from 'node:fs';
+import { runScript, scriptArgs } from '../lib/cli.ts';
+import { readRows } from '../lib/data/load.ts';
+import { hasAnswer, parseQrels, parseRun, rankingMetrics, topkAccuracy } from '../lib/metrics.ts';
+
+await runScript('evaluate', async () => {
+  const a = scriptArgs('evaluate');
+  const run = parseRun(a.run as string);
+  const results: Record<string, number> = {};
+  if (a.qrels) Object.assign(results, rankingMetrics(run, parseQrels(a.qrels as string)));
+  if (a.queries) {
+    const text = new Map<string, string>();
+    for (const { row, where } of readRows(a.corpus as string)) {
+      const r = row as { docid?: unknown; text?: unknown };
+      if (r.docid === undefined || typeof r.text !== 'string') throw new Error(`${where}: a passage needs "docid" and a string "text"`);
+      text.set(String(r.docid), r.text);
+    }
+    const matrix: boolean[][] = [];
+    for (const { row, where } of readRows(a.queries as string)) {
+      const q = row as { query_id?: unknown; answers?: unknown };
+      if (q.query_id === undefined || !Array.isArray(q.answers)) throw new Error(`${where}: a query needs "query_id" and a list "answers"`);
+      matrix.push((run.get(String(q.query_id)) ?? []).map((d) => hasAnswer(q.answers as string[], text.get(d) ?? '')));
+    }
+    Object.assign(results, topkAccuracy(matrix, [1, 5, 20, 100]), { answer_queries: matrix.length });
+  }
+  for (const [k, v] of Object.entries(results)) console.log(`${k.padEnd(16)} ${Number.isInteger(v) ? v : v.toFixed(4)}`);
+  if (a.save_json) {
+    writeFileSync(`${a.save_json}.tmp`, JSON.stringify(results, null, 2) + '\n');
+    renameSync(`${a.save_json}.tmp`, a.save_json as string);
+  }
+});

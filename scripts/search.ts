@@ -1,0 +1,20 @@
+// Tevatron's faiss_retriever: exact inner-product top-k of encoded queries over encoded passage shards.
+import { renameSync, writeFileSync } from 'node:fs';
+import { initBackend } from '../lib/backend.ts';
+import { expandGlob, runScript, scriptArgs } from '../lib/cli.ts';
+import { formatRanking, readEncoded, search } from '../lib/search.ts';
+
+await runScript('search', async () => {
+  const a = scriptArgs('search');
+  await initBackend(a.backend as 'auto');
+  const shards = (await Promise.all((a.passage_reps as string[]).map(expandGlob))).flat();
+  if (shards.length === 0) throw new Error(`--passage_reps ${(a.passage_reps as string[]).join(' ')}: matches no file`);
+  const queries = readEncoded(a.query_reps as string);
+  const started = performance.now();
+  const hits = search(queries, shards, a.depth as number, a.batch_size as number);
+  const seconds = (performance.now() - started) / 1000;
+  const out = a.save_ranking_to as string;
+  writeFileSync(`${out}.tmp`, formatRanking(queries.ids, hits, a.save_trec ? 'trec' : 'text'));
+  renameSync(`${out}.tmp`, out);
+  if (!a.quiet) console.log(`searched ${queries.ids.length} queries over ${shards.length} shard(s) in ${seconds.toFixed(2)} s (${(queries.ids.length / seconds).toFixed(0)} queries/s); ranking in ${out}`);
+});
