@@ -20,3 +20,13 @@ export { syntheticTask, type SyntheticTask, type SyntheticOptions } from './data
 export { recallAtK } from './metrics.ts';
 export { encodeSequences, innerProducts } from './encode.ts';
 export { parseSafetensors, serializeSafetensors, type TensorDict, type NamedArray } from './model/safetensors.ts';
+export { loadTokenizer, saveTokenizer, WordPieceTokenizer, JsonTokenizer, parseVocab, wordPieceOptionsFromConfig, type Tokenizer, type WordPieceOptions, type SpecialTokenIds } from './tokenizer.ts';
+export { loadModelDir, saveModelDir, QUERY_PREFIX, PASSAGE_PREFIX, type LoadedCheckpoint, type SavableCheckpoint, type PoolerConfig, type Pooler } from './model/checkpoint.ts';
+export { resolveModel, parseHubId, hubCacheDir, type ResolveOptions } from './model/hub.ts';
+export { readEncoded, writeEncoded, search, formatRanking, type Encoded, type Hit } from './search.ts';
+export { parseQrels, parseRun, rankingMetrics, hasAnswer, dprTokens, topkAccuracy, type Qrels, type Run } from './metrics.ts';
+export { parseArgs, helpText, FLAGS, type Args } from './args.ts';
+export { trainLoop, schedulePlan, type LoopOptions, type LoopHooks, type LogRecord } from './trainer.ts';
+export { listDataFiles, readRows, loadTrainExamples, toTrainExample, passageText, type ExampleOptions, type Tokenize } from './data/load.ts';
+export { rankFromEnv, type RankInfo } from './dist/env.ts';
+export { connectTcpGroup } from './dist/tcp.ts';

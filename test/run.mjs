@@ -7,7 +7,7 @@ import path from 'node:path';
 
 const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const backends = (process.env.TEVATRON_TEST_BACKENDS ?? 'wasm,cpu').split(',').filter(Boolean);
-const pattern = process.argv[2] ? `${process.argv[2]}.*\\.test\\.ts$` : '\\.test\\.ts$';
+const pattern = process.argv[2] ? `^[^/]*(${process.argv[2]})[^/]*\\.test\\.ts$` : '^[^/]*\\.test\\.ts$';
 
 let passed = 0;
 let failed = 0;
