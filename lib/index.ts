@@ -30,3 +30,6 @@ export { trainLoop, schedulePlan, type LoopOptions, type LoopHooks, type LogReco
 export { listDataFiles, readRows, loadTrainExamples, toTrainExample, passageText, type ExampleOptions, type Tokenize } from './data/load.ts';
 export { rankFromEnv, type RankInfo } from './dist/env.ts';
 export { connectTcpGroup } from './dist/tcp.ts';
+export { bertConfigFromJson, bertForward, initBertParams, layerNorm, type BertConfig } from './model/bert.ts';
+export { denseBiEncoder, initDenseParams, initPoolerParams, poolHidden, l2Normalize, POOLINGS, type Pooling, type DenseOptions } from './model/dense.ts';
+export { loadDenseModel, splitPooler, SETTINGS_FILE, type LoadedModel, type ModelRequest, type EncoderSettings } from './model/pretrained.ts';

@@ -1,0 +1,127 @@
+// From flags to a ready bi-encoder: resolve the model and tokenizer (directory or hub id), load the
+// checkpoint — or initialise randomly from a config-only directory, for training from scratch — add a
+// pooler, and read the encoder settings (pooling, normalize, temperature) that travel with a model
+// in `tevatron_ts.json`, so encode uses what training used.
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { loadTokenizer, type Tokenizer } from '../tokenizer.ts';
+import { foldIn, keyFromSeed } from '../random.ts';
+import { bertConfigFromJson, type BertConfig } from './bert.ts';
+import { loadModelDir, type PoolerConfig } from './checkpoint.ts';
+import { denseBiEncoder, initDenseParams, initPoolerParams, POOLINGS, type DenseOptions, type Pooling } from './dense.ts';
+import { resolveModel } from './hub.ts';
+import type { BiEncoder, ParamMap } from './types.ts';
+
+/** The encoder settings saved beside the weights. */
+export interface EncoderSettings {
+  pooling: Pooling;
+  normalize: boolean;
+  temperature: number;
+}
+
+export const SETTINGS_FILE = 'tevatron_ts.json';
+
+export interface ModelRequest {
+  modelNameOrPath: string;
+  configName?: string | null;
+  tokenizerName?: string | null;
+  cacheDir?: string | null;
+  untied: boolean;
+  /** Add a pooler of this shape when the checkpoint has none (--add_pooler). */
+  pooler: { inDim: number; outDim: number } | null;
+  /** Flag values; undefined: take the model's saved settings (else Tevatron v1's: cls, no normalize, 1). */
+  settings: Partial<EncoderSettings>;
+  /** Seed for anything initialised here (a pooler, or the whole model from a config-only directory). */
+  seed: number;
+}
+
+export interface LoadedModel {
+  dir: string;
+  config: BertConfig;
+  rawConfig: Record<string, unknown>;
+  params: ParamMap;
+  model: BiEncoder;
+  options: DenseOptions;
+  settings: EncoderSettings;
+  tokenizer: Tokenizer;
+  /** What happened, for the log: e.g. "initialised randomly". */
+  notes: string[];
+}
+
+function readSettings(dir: string): Partial<EncoderSettings> {
+  const file = path.join(dir, SETTINGS_FILE);
+  if (!existsSync(file)) return {};
+  try {
+    return JSON.parse(readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new Error(`${file}: not valid JSON (${(e as Error).message}); delete it or fix it`);
+  }
+}
+
+/** The flags win over the saved settings; a flag that contradicts them is worth a warning. */
+function mergeSettings(saved: Partial<EncoderSettings>, flags: Partial<EncoderSettings>, notes: string[]): EncoderSettings {
+  const out = { pooling: 'cls' as Pooling, normalize: false, temperature: 1, ...saved };
+  for (const [k, v] of Object.entries(flags) as [keyof EncoderSettings, never][]) {
+    if (v === undefined) continue;
+    if (saved[k] !== undefined && saved[k] !== v) notes.push(`warning: --${k} ${v} overrides the model's saved ${k} ${saved[k]}`);
+    out[k] = v;
+  }
+  if (!POOLINGS.includes(out.pooling)) throw new Error(`pooling '${out.pooling}' is not one of ${POOLINGS.join(', ')}`);
+  return out;
+}
+
+export async function loadDenseModel(req: ModelRequest): Promise<LoadedModel> {
+  const notes: string[] = [];
+  const dir = await resolveModel(req.modelNameOrPath, { cacheDir: req.cacheDir ?? undefined });
+  const configDir = req.configName ? await resolveModel(req.configName, { cacheDir: req.cacheDir ?? undefined, files: ['config.json'] }) : null;
+  const tokenizerDir = req.tokenizerName ? await resolveModel(req.tokenizerName, { cacheDir: req.cacheDir ?? undefined, files: ['vocab.txt', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json'] }) : dir;
+  const tokenizer = await loadTokenizer(tokenizerDir);
+  const settings = mergeSettings(readSettings(dir), req.settings, notes);
+  const key = keyFromSeed(req.seed);
+
+  const hasWeights = ['model.safetensors', 'model.safetensors.index.json', 'query_model'].some((f) => existsSync(path.join(dir, f)));
+  let rawConfig: Record<string, unknown>;
+  let params: ParamMap;
+  let poolerConfig: PoolerConfig | undefined;
+  if (hasWeights) {
+    const ckpt = await loadModelDir(dir, { untied: req.untied });
+    rawConfig = configDir ? JSON.parse(readFileSync(path.join(configDir, 'config.json'), 'utf8')) : ckpt.config;
+    params = ckpt.params;
+    if (ckpt.pooler) {
+      Object.assign(params, ckpt.pooler.params);
+      poolerConfig = ckpt.pooler.config;
+    }
+  } else {
+    const file = path.join(configDir ?? dir, 'config.json');
+    if (!existsSync(file)) throw new Error(`${dir}: has no weights and no config.json; pass a model directory or hub id (or --config_name to start from a config)`);
+    rawConfig = JSON.parse(readFileSync(file, 'utf8'));
+    notes.push(`${dir} has no weights: initialising the model randomly (seed ${req.seed})`);
+    params = {};
+  }
+  const config = bertConfigFromJson(rawConfig, path.join(configDir ?? dir, 'config.json'));
+  if (config.vocab_size < tokenizer.vocabSize) {
+    throw new Error(`the tokenizer has ${tokenizer.vocabSize} tokens but the model's vocab_size is ${config.vocab_size}; use the tokenizer the model was trained with (--tokenizer_name)`);
+  }
+  const pooler = poolerConfig ? { inDim: poolerConfig.input_dim, outDim: poolerConfig.output_dim } : req.pooler;
+  if (poolerConfig && poolerConfig.normalize && req.settings.normalize === undefined) settings.normalize = true;
+  const options: DenseOptions = { untied: req.untied, pooling: settings.pooling, pooler, normalize: settings.normalize };
+  if (!hasWeights) params = initDenseParams(config, options, key);
+  else if (pooler && !poolerConfig) {
+    notes.push(`no pooler in ${dir}: training one from scratch (${pooler.inDim} -> ${pooler.outDim})`);
+    Object.assign(params, initPoolerParams(pooler, foldIn(key, 1), req.untied));
+  }
+  return { dir, config, rawConfig, params, model: denseBiEncoder(config, options), options, settings, tokenizer, notes };
+}
+
+/** Splits a dense model's parameters into the encoder's and the pooler's (linear_q / linear_p). */
+export function splitPooler(params: ParamMap): { encoder: ParamMap; pooler: ParamMap } {
+  const encoder: ParamMap = {};
+  const pooler: ParamMap = {};
+  for (const [k, v] of Object.entries(params)) (/^linear_[qp]\./.test(k) ? pooler : encoder)[k] = v;
+  return { encoder, pooler };
+}
+
+export function disposeModel(m: LoadedModel): void {
+  tf.dispose(Object.values(m.params));
+}
