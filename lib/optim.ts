@@ -82,7 +82,8 @@ export function warmupSteps(totalSteps: number, warmupRatio: number, steps = 0):
  * maxNorm ≤ 0 disables clipping. Returns the (new) gradients and the norm before clipping.
  */
 export function clipByGlobalNorm(grads: ParamMap, maxNorm: number): { grads: ParamMap; norm: number } {
-  const sumSq = tf.tidy(() => tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g)))));
+  // summed in name order: the norm must not depend on how the map was built (a resumed run loads it sorted)
+  const sumSq = tf.tidy(() => tf.addN(Object.keys(grads).sort().map((k) => tf.sum(tf.square(grads[k])))));
   const norm = Math.sqrt(sumSq.dataSync()[0]);
   sumSq.dispose();
   const coef = maxNorm / (norm + 1e-6);

@@ -1,0 +1,149 @@
+// Tevatron's training driver (`python -m tevatron.driver.train`), flag for flag:
+//   npx tsx scripts/train.ts --output_dir out --model_name_or_path bert-base-uncased --train_dir train.jsonl ...
+// One process per device under scripts/launch.ts; rank 0 logs and writes checkpoints.
+import { existsSync, readdirSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { initBackend, type BackendChoice } from '../lib/backend.ts';
+import { runScript, scriptArgs } from '../lib/cli.ts';
+import { listDataFiles, loadTrainExamples } from '../lib/data/load.ts';
+import { rankFromEnv } from '../lib/dist/env.ts';
+import { singleProcessGroup, type ProcessGroup } from '../lib/dist/group.ts';
+import { connectTcpGroup } from '../lib/dist/tcp.ts';
+import { broadcastParams } from '../lib/dist/tensors.ts';
+import { loadDenseModel, type EncoderSettings } from '../lib/model/pretrained.ts';
+import type { Pooling } from '../lib/model/dense.ts';
+import { initAdamW, type ScheduleType } from '../lib/optim.ts';
+import { appendMetrics, readCheckpoint, resolveResume, writeCheckpoint, writeModel, type SavedModel, type TrainerState } from '../lib/outputs.ts';
+import { keyFromSeed } from '../lib/random.ts';
+import { reportHtml } from '../lib/report.ts';
+import { schedulePlan, trainLoop, type LogRecord } from '../lib/trainer.ts';
+import type { TrainState } from '../lib/train.ts';
+
+await runScript('train', async () => {
+  const a = scriptArgs('train');
+  const info = rankFromEnv();
+  const main = info.rank === 0;
+  const say = (line: string) => main && console.log(line);
+  const outputDir = a.output_dir as string;
+  const resume = a.resume_from_checkpoint as string | null;
+  if (main && !resume && !a.overwrite_output_dir && existsSync(outputDir) && readdirSync(outputDir).length > 0) {
+    throw new Error(`--output_dir ${outputDir} exists and is not empty; pass --overwrite_output_dir to train over it, or --resume_from_checkpoint to continue`);
+  }
+  if (a.fp16) say('warning: --fp16 ignored: TensorFlow.js has no float16 kernels, training runs in float32');
+  if (a.train_dir === null) throw new Error(`--dataset_name ${a.dataset_name}: reading hub datasets is not supported yet; download its files and pass them with --train_dir`);
+  const backend = await initBackend(a.backend as BackendChoice);
+  const group: ProcessGroup & { close?(): void } = info.worldSize > 1 ? await connectTcpGroup(info) : singleProcessGroup();
+
+  const flagSettings: Partial<EncoderSettings> = {};
+  const given = new Set(process.argv.slice(2).map((t) => t.replace(/^--/, '').split('=')[0]));
+  if (given.has('pooling')) flagSettings.pooling = a.pooling as Pooling;
+  if (given.has('normalize')) flagSettings.normalize = a.normalize as boolean;
+  if (given.has('temperature')) flagSettings.temperature = a.temperature as number;
+  const loaded = await loadDenseModel({
+    modelNameOrPath: a.model_name_or_path as string,
+    configName: a.config_name as string | null,
+    tokenizerName: a.tokenizer_name as string | null,
+    cacheDir: a.cache_dir as string | null,
+    untied: a.untie_encoder as boolean,
+    pooler: a.add_pooler ? { inDim: a.projection_in_dim as number, outDim: a.projection_out_dim as number } : null,
+    settings: flagSettings,
+    seed: a.seed as number,
+  });
+  loaded.notes.forEach(say);
+  const tok = loaded.tokenizer;
+  const sep = a.passage_field_separator as string;
+  const separator = tok.attribute(sep) === undefined ? sep : String(tok.attribute(sep));
+  const started = performance.now();
+  const examples = loadTrainExamples(listDataFiles(a.train_dir as string), {
+    tokenize: (t, max) => tok.encode(t).slice(0, max),
+    qMaxLen: a.q_max_len as number,
+    pMaxLen: a.p_max_len as number,
+    separator,
+  });
+  say(`backend ${backend}; ${examples.length} training queries tokenized in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+
+  let state: TrainState = { params: loaded.params, optimizer: initAdamW(loaded.params), key: keyFromSeed(a.seed as number) };
+  let history: Record<string, number>[] = [];
+  if (resume) {
+    const dir = resolveResume(resume, outputDir);
+    const ckpt = await readCheckpoint(dir, a.untie_encoder as boolean, loaded.params);
+    state = { params: ckpt.params, optimizer: ckpt.optimizer, key: state.key };
+    history = ckpt.state.log_history;
+    say(`resuming from ${dir} at step ${ckpt.state.global_step}`);
+  } else if (group.worldSize > 1) {
+    state.params = await broadcastParams(state.params, group, 0);
+  }
+
+  const loop = {
+    batchSize: a.per_device_train_batch_size as number,
+    nPassages: a.train_n_passages as number,
+    qMaxLen: a.q_max_len as number,
+    pMaxLen: a.p_max_len as number,
+    special: tok.special,
+    seed: a.seed as number,
+    numTrainEpochs: a.num_train_epochs as number,
+    maxSteps: a.max_steps as number,
+    gradientAccumulationSteps: a.gradient_accumulation_steps as number,
+    warmupRatio: a.warmup_ratio as number,
+    warmupSteps: a.warmup_steps as number,
+    loggingSteps: a.logging_steps as number,
+    saveSteps: a.save_steps as number,
+    positiveNoShuffle: a.positive_passage_no_shuffle as boolean,
+    negativeNoShuffle: a.negative_passage_no_shuffle as boolean,
+  };
+  const plan = schedulePlan(examples.length, loop, group.worldSize);
+  say(
+    `${plan.total} steps (${plan.perEpoch} per epoch), warmup ${plan.warmup}; batch ${loop.batchSize} x ${group.worldSize} process(es) x ${loop.nPassages} passages` +
+      (a.grad_cache ? `, grad cache ${a.gc_q_chunk_size}/${a.gc_p_chunk_size}` : '') +
+      (a.negatives_x_device ? ', negatives across processes' : ''),
+  );
+  const trainerState = (step: number, epoch: number): TrainerState => ({
+    global_step: step, epoch, max_steps: plan.total, seed: a.seed as number, backend, world_size: group.worldSize,
+    train_batch_size: loop.batchSize, log_history: history,
+  });
+  const saved = (params: TrainState['params']): SavedModel => ({
+    config: loaded.rawConfig, params, untied: a.untie_encoder as boolean, pooler: loaded.options.pooler ?? null, settings: loaded.settings, tokenizer: tok,
+  });
+  const report = () => writeFile(path.join(outputDir, 'report.html'), reportHtml(`tevatron-ts: ${outputDir}`, history, { model: a.model_name_or_path as string, backend, steps: plan.total }));
+  const t0 = performance.now();
+
+  state = await trainLoop(
+    loaded.model,
+    state,
+    examples,
+    loop,
+    {
+      adamw: { lr: a.learning_rate as number, beta1: a.adam_beta1 as number, beta2: a.adam_beta2 as number, eps: a.adam_epsilon as number, weightDecay: a.weight_decay as number },
+      schedule: a.lr_scheduler_type as ScheduleType,
+      maxGradNorm: a.max_grad_norm as number,
+      gradCache: a.grad_cache ? { qChunkSize: a.gc_q_chunk_size as number, pChunkSize: a.gc_p_chunk_size as number } : null,
+      dropout: true,
+      temperature: loaded.settings.temperature,
+      group,
+      negativesXDevice: a.negatives_x_device as boolean,
+    },
+    {
+      onLog: async (r: LogRecord) => {
+        if (!main) return;
+        history.push({ ...r });
+        const eta = ((performance.now() - t0) / 1000 / (r.step - (history[0]?.step ?? 0) + 1)) * (plan.total - r.step);
+        console.log(`step ${r.step}/${plan.total}  epoch ${r.epoch.toFixed(2)}  loss ${r.loss.toFixed(4)}  lr ${r.learning_rate.toExponential(2)}  grad_norm ${r.grad_norm.toFixed(3)}  ${r.samples_per_second.toFixed(1)} samples/s  eta ${eta.toFixed(0)} s`);
+        await appendMetrics(outputDir, r);
+        await report();
+      },
+      onSave: async (s, step, epoch, final) => {
+        if (!main) return;
+        if (step % loop.saveSteps === 0) await writeCheckpoint(outputDir, saved(s.params), s.optimizer, trainerState(step, epoch), a.save_total_limit as number | null);
+        if (final) {
+          await writeModel(outputDir, saved(s.params), true);
+          await writeFile(path.join(outputDir, 'trainer_state.json'), JSON.stringify(trainerState(step, epoch), null, 2) + '\n');
+          await report();
+          console.log(`saved the model to ${outputDir} after ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+        }
+      },
+    },
+  );
+  if (group.worldSize > 1) await group.barrier();
+  group.close?.();
+});

@@ -1,0 +1,131 @@
+// End-to-end tests of scripts/train.ts, run as a user runs it (a child process).
+import { spawnSync } from 'node:child_process';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { parseSafetensors } from '../lib/model/safetensors.ts';
+
+const root = path.resolve('.');
+const fixtures = path.join(root, 'test/fixtures');
+const NQ = path.resolve('../shared/data/nq/train.jsonl');
+const VOCAB = path.resolve('../shared/data/bert-base-uncased/vocab.txt');
+const tmp = () => mkdtempSync(path.join(tmpdir(), 'train-'));
+
+function train(args: string[]) {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(root, 'scripts/train.ts'), ...args], { encoding: 'utf8', env: { ...process.env } });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+/** tiny-bert with dropout off: the same function on both sides of the PyTorch comparison. */
+function tinyBertNoDropout(): string {
+  const dir = path.join(tmp(), 'model');
+  cpSync(path.join(fixtures, 'tiny-bert'), dir, { recursive: true });
+  const config = JSON.parse(readFileSync(path.join(dir, 'config.json'), 'utf8'));
+  writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...config, hidden_dropout_prob: 0, attention_probs_dropout_prob: 0 }));
+  return dir;
+}
+
+const weights = (file: string) => parseSafetensors(readFileSync(file)).tensors;
+
+// The contract: with lr 1 and adam_epsilon 1, one step from a fresh state moves p by −g/(|g| + 1), so g = d/(1 − |d|).
+for (const [variant, extra] of [
+  ['cls', []],
+  ['cls', ['--grad_cache', '--gc_q_chunk_size', '3', '--gc_p_chunk_size', '5']],
+  ['mean-norm', ['--pooling', 'mean', '--normalize', '--temperature', '0.05']],
+  ['mean-norm', ['--pooling', 'mean', '--normalize', '--temperature', '0.05', '--grad_cache', '--gc_q_chunk_size', '1', '--gc_p_chunk_size', '3']],
+] as const) {
+  test(`one step's gradient equals PyTorch + transformers (${variant}${extra.includes('--grad_cache') ? ', grad cache' : ''})`, () => {
+    const model = tinyBertNoDropout();
+    const out = path.join(tmp(), 'out');
+    const r = train([
+      '--output_dir', out, '--model_name_or_path', model, '--train_dir', path.join(fixtures, 'train-step/train.jsonl'),
+      '--per_device_train_batch_size', '4', '--train_n_passages', '2', '--q_max_len', '8', '--p_max_len', '12',
+      '--max_steps', '1', '--warmup_ratio', '0', '--weight_decay', '0', '--max_grad_norm', '0', '--learning_rate', '1', '--adam_epsilon', '1',
+      ...extra,
+    ]);
+    assert.is(r.code, 0, r.err);
+    const before = weights(path.join(model, 'model.safetensors'));
+    const after = weights(path.join(out, 'model.safetensors'));
+    const expected = weights(path.join(fixtures, `train-step/grads-${variant}.safetensors`));
+    const scale = Math.max(...Object.values(expected).map((t) => Math.max(...Array.from(t.data, Math.abs))));
+    let worst = 0;
+    for (const [name, g] of Object.entries(expected)) {
+      const p0 = before[name].data;
+      const p1 = after[name].data;
+      g.data.forEach((want, i) => {
+        const d = p0[i] - p1[i];
+        const got = d / (1 - Math.abs(d));
+        worst = Math.max(worst, Math.abs(got - want) / Math.max(Math.abs(want), 0.01 * scale));
+      });
+    }
+    assert.ok(worst < 1e-3, `relative error ${worst}`);
+  });
+}
+
+test('the seed\'s command shape on the shared NQ data: trains, logs, rotates checkpoints, reports', () => {
+  if (!existsSync(NQ) || !existsSync(VOCAB)) return console.log(`  (skipped: ${NQ} or ${VOCAB} is absent)`);
+  const model = path.join(tmp(), 'tiny-uncased');
+  cpSync(VOCAB, path.join(model, 'vocab.txt'));
+  writeFileSync(path.join(model, 'config.json'), JSON.stringify({ model_type: 'bert', vocab_size: 30522, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64, max_position_embeddings: 160 }));
+  const out = path.join(tmp(), 'model_nq');
+  const r = train(
+    (`--output_dir ${out} --model_name_or_path ${model} --train_dir ${NQ} --do_train --save_steps 2 --fp16 ` +
+      '--per_device_train_batch_size 4 --train_n_passages 2 --learning_rate 1e-5 --q_max_len 32 --p_max_len 156 --num_train_epochs 40 ' +
+      '--grad_cache --gc_q_chunk_size 2 --gc_p_chunk_size 3 --max_steps 5 --logging_steps 2 --save_total_limit 2').split(' '),
+  );
+  assert.is(r.code, 0, r.err);
+  assert.match(r.out, /--fp16 ignored/);
+  assert.equal(readdirSync(out).filter((n) => n.startsWith('checkpoint-')).sort(), ['checkpoint-2', 'checkpoint-4'], 'save_total_limit 2 keeps the last two');
+  const logged = readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  assert.equal(logged.map((l) => l.step), [2, 4, 5]);
+  assert.ok(logged.every((l) => l.loss > 0 && l.learning_rate > 0 && l.grad_norm > 0 && l.samples_per_second > 0));
+  const state = JSON.parse(readFileSync(path.join(out, 'trainer_state.json'), 'utf8'));
+  assert.is(state.global_step, 5);
+  for (const f of ['config.json', 'model.safetensors', 'vocab.txt', 'tokenizer_config.json', 'report.html', 'checkpoint-4/optimizer.safetensors']) assert.ok(existsSync(path.join(out, f)), f);
+});
+
+test('an interrupted run resumed from its checkpoint ends with the very same weights', () => {
+  const model = tinyBertNoDropout();
+  const data = path.join(fixtures, 'train-step/train.jsonl');
+  const args = (out: string) => ['--output_dir', out, '--model_name_or_path', model, '--train_dir', data, '--per_device_train_batch_size', '2', '--train_n_passages', '2', '--q_max_len', '8', '--p_max_len', '12', '--max_steps', '4', '--save_steps', '2', '--learning_rate', '1e-3'];
+  const a = path.join(tmp(), 'a');
+  const b = path.join(tmp(), 'b');
+  assert.is(train(args(a)).code, 0);
+  // an interruption after step 2: what is on disk then is checkpoint-2 and nothing later
+  assert.is(train(args(b)).code, 0);
+  rmSync(path.join(b, 'checkpoint-4'), { recursive: true });
+  rmSync(path.join(b, 'model.safetensors'));
+  const resumed = train([...args(b), '--resume_from_checkpoint', 'true']);
+  assert.is(resumed.code, 0, resumed.err);
+  assert.ok(readFileSync(path.join(a, 'model.safetensors')).equals(readFileSync(path.join(b, 'model.safetensors'))), 'bit-identical weights');
+});
+
+test('bad input: one clear line, exit code ≠ 0, nothing written', () => {
+  const model = tinyBertNoDropout();
+  const out = path.join(tmp(), 'out');
+  const base = ['--output_dir', out, '--model_name_or_path', model, '--train_n_passages', '2', '--q_max_len', '8', '--p_max_len', '12'];
+  const bad = path.join(tmp(), 'bad.jsonl');
+  writeFileSync(bad, '{"query": "x", "positive_passages": [{"text": "y"}]}\n{"query": "z", "positive_passages": "oops"}\n');
+  const cases: [string[], RegExp][] = [
+    [[...base, '--train_dir', bad], /bad\.jsonl:2: "positive_passages" must be a list/],
+    [[...base, '--train_dir', bad, '--learning_rat', '1'], /unknown flag --learning_rat for train.ts; did you mean --learning_rate\?/],
+    [[...base, '--train_dir', path.join(tmp(), 'missing.jsonl')], /no such file or directory/],
+    [[...base.slice(0, 2), '--model_name_or_path', path.join(tmp(), 'nomodel'), '--train_dir', bad], /nomodel/],
+  ];
+  for (const [args, message] of cases) {
+    const r = train(args);
+    assert.is.not(r.code, 0);
+    assert.match(r.err, message);
+    assert.is(r.err.trim().split('\n').length, 1, `one line: ${r.err}`);
+    assert.not.ok(existsSync(out), 'nothing written');
+  }
+  const full = path.join(tmp(), 'full');
+  mkdirSync(full);
+  writeFileSync(path.join(full, 'keep.txt'), 'x');
+  const r = train(['--output_dir', full, ...base.slice(2), '--train_dir', bad]);
+  assert.match(r.err, /--output_dir .* exists and is not empty; pass --overwrite_output_dir/);
+});
+
+test.run();
