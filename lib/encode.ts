@@ -4,7 +4,12 @@ import { collateSequences, type SpecialTokens } from './data/collator.ts';
 import type { Encoder, ParamMap } from './model/types.ts';
 
 /** Representations [N, d] of token-id sequences (without special tokens), row-major. */
-export async function encodeSequences(encode: Encoder, params: ParamMap, seqs: number[][], opts: { maxLen: number; special: SpecialTokens; batchSize?: number }): Promise<{ data: Float32Array; dim: number }> {
+export async function encodeSequences(
+  encode: Encoder,
+  params: ParamMap,
+  seqs: number[][],
+  opts: { maxLen: number; special: SpecialTokens; batchSize?: number; onProgress?: (done: number) => void },
+): Promise<{ data: Float32Array; dim: number }> {
   const B = opts.batchSize ?? 64;
   const parts: Float32Array[] = [];
   let dim = 0;
@@ -13,6 +18,7 @@ export async function encodeSequences(encode: Encoder, params: ParamMap, seqs: n
     dim = reps.shape[1];
     parts.push((await reps.data()) as Float32Array);
     reps.dispose();
+    opts.onProgress?.(Math.min(s + B, seqs.length));
   }
   const data = new Float32Array(seqs.length * dim);
   parts.reduce((at, p) => (data.set(p, at), at + p.length), 0);

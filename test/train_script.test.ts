@@ -35,7 +35,7 @@ for (const [variant, extra] of [
   ['cls', ['--grad_cache', '--gc_q_chunk_size', '3', '--gc_p_chunk_size', '5']],
   ['mean-norm', ['--pooling', 'mean', '--normalize', '--temperature', '0.05']],
   ['mean-norm', ['--pooling', 'mean', '--normalize', '--temperature', '0.05', '--grad_cache', '--gc_q_chunk_size', '1', '--gc_p_chunk_size', '3']],
-] as const) {
+] as [string, string[]][]) {
   test(`one step's gradient equals PyTorch + transformers (${variant}${extra.includes('--grad_cache') ? ', grad cache' : ''})`, () => {
     const model = tinyBertNoDropout();
     const out = path.join(tmp(), 'out');

@@ -131,3 +131,25 @@ export function toTrainExample(row: unknown, where: string, o: ExampleOptions): 
 export function loadTrainExamples(files: string[], o: ExampleOptions): TrainExample[] {
   return files.flatMap((f) => readRows(f).map(({ row, where }) => toTrainExample(row, where, o)));
 }
+
+export interface EncodeItem {
+  id: string;
+  tokens: number[];
+}
+
+/**
+ * One row to encode: a query {query_id, query}, a passage {docid, title?, text} (title + separator + text),
+ * or pre-tokenized {text_id, text: ids}.
+ */
+export function toEncodeItem(row: unknown, where: string, isQuery: boolean, o: ExampleOptions): EncodeItem {
+  if (typeof row !== 'object' || row === null || Array.isArray(row)) throw fail(where, 'the row', 'must be a JSON object');
+  const r = row as Record<string, unknown>;
+  const max = isQuery ? o.qMaxLen : o.pMaxLen;
+  if ('text_id' in r && isIds(r.text)) return { id: String(r.text_id), tokens: r.text.slice(0, max) };
+  if (isQuery) {
+    if (r.query_id === undefined || typeof r.query !== 'string') throw fail(where, 'the query', 'needs "query_id" and a string "query" (or pre-tokenized "text_id" and "text")');
+    return { id: String(r.query_id), tokens: o.tokenize(r.query, max) };
+  }
+  if (r.docid === undefined) throw fail(where, '"docid"', 'is missing (passages are {docid, title?, text}; queries need --encode_is_qry)');
+  return { id: String(r.docid), tokens: o.tokenize(passageText(passageOf(r, where, 'the passage'), o.separator), max) };
+}
