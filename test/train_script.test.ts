@@ -64,6 +64,25 @@ for (const [variant, extra] of [
   });
 }
 
+test('launch.ts: 2 processes × batch 2 with --negatives_x_device take the step of 1 process × batch 4 (plain and grad cache)', () => {
+  const model = tinyBertNoDropout();
+  const common = [
+    '--model_name_or_path', model, '--train_dir', path.join(fixtures, 'train-step/train.jsonl'), '--train_n_passages', '2', '--q_max_len', '8', '--p_max_len', '12',
+    '--max_steps', '1', '--warmup_ratio', '0', '--weight_decay', '0', '--max_grad_norm', '0', '--learning_rate', '1', '--adam_epsilon', '1',
+  ];
+  for (const extra of [[], ['--grad_cache', '--gc_q_chunk_size', '1', '--gc_p_chunk_size', '3']]) {
+    const one = path.join(tmp(), 'one');
+    const two = path.join(tmp(), 'two');
+    assert.is(train(['--output_dir', one, '--per_device_train_batch_size', '4', ...common, ...extra]).code, 0);
+    const port = String(31000 + (process.pid % 1000) * 2 + extra.length % 2);
+    const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(root, 'scripts/launch.ts'), '--nproc_per_node', '2', '--master_port', port,
+      path.join(root, 'scripts/train.ts'), '--output_dir', two, '--per_device_train_batch_size', '2', '--negatives_x_device', ...common, ...extra], { encoding: 'utf8' });
+    assert.is(r.status, 0, r.stderr);
+    const [a, b] = [weights(path.join(one, 'model.safetensors')), weights(path.join(two, 'model.safetensors'))];
+    for (const k of Object.keys(a)) a[k].data.forEach((v, i) => assert.ok(Math.abs(v - b[k].data[i]) <= 1e-5 * Math.max(1, Math.abs(v)), `${k}[${i}]: ${v} vs ${b[k].data[i]}`));
+  }
+});
+
 test('the seed\'s command shape on the shared NQ data: trains, logs, rotates checkpoints, reports', () => {
   if (!existsSync(NQ) || !existsSync(VOCAB)) return console.log(`  (skipped: ${NQ} or ${VOCAB} is absent)`);
   const model = path.join(tmp(), 'tiny-uncased');
