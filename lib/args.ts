@@ -98,6 +98,11 @@ export const FLAGS: readonly Flag[] = [
   { name: 'queries', kind: 'string', default: null, help: 'queries with answers ({query_id, answers}) for DPR top-k accuracy', scripts: V, group: 'data' },
   { name: 'corpus', kind: 'string', default: null, help: 'passages ({docid, text}) for DPR top-k accuracy', scripts: V, group: 'data' },
   { name: 'save_json', kind: 'string', default: null, help: 'also write the metrics as JSON here', scripts: V, group: 'data' },
+  // evaluation during training
+  { name: 'eval_queries', kind: 'string', default: null, help: 'held-out queries {query_id, query[, answers]} to evaluate during training', scripts: T, group: 'tevatron-ts' },
+  { name: 'eval_corpus', kind: 'string', default: null, help: 'the passages {docid, title?, text} to retrieve from during evaluation', scripts: T, group: 'tevatron-ts' },
+  { name: 'eval_qrels', kind: 'string', default: null, help: 'qrels of the eval queries (else their answers are matched in the passages)', scripts: T, group: 'tevatron-ts' },
+  { name: 'eval_steps', kind: 'int', default: null, help: 'evaluate every N steps (default: logging_steps) and at the end', scripts: T, group: 'tevatron-ts' },
   // our own
   { name: 'backend', kind: 'string', default: 'auto', choices: ['auto', 'tensorflow', 'wasm', 'cpu'], help: 'TensorFlow.js backend', scripts: ['train', 'encode', 'search'], group: 'tevatron-ts' },
 ];
@@ -255,6 +260,9 @@ function validate(a: Args, script: Script): Args {
     if (a.max_steps !== -1) positive('max_steps');
     if (a.max_steps === -1) positive('num_train_epochs');
     if (a.save_total_limit !== null) positive('save_total_limit');
+    if (a.eval_steps !== null) positive('eval_steps');
+    if ((a.eval_queries === null) !== (a.eval_corpus === null)) throw new Error('--eval_queries and --eval_corpus go together (queries to search and passages to search in)');
+    if (a.eval_qrels !== null && a.eval_queries === null) throw new Error('--eval_qrels needs --eval_queries and --eval_corpus');
     if ((a.warmup_ratio as number) < 0 || (a.warmup_ratio as number) > 1) throw new Error(`--warmup_ratio must be in [0, 1], got ${a.warmup_ratio}`);
     if ((a.warmup_steps as number) < 0) throw new Error(`--warmup_steps must be >= 0, got ${a.warmup_steps}`);
     if ((a.max_grad_norm as number) < 0) throw new Error(`--max_grad_norm must be >= 0 (0 disables clipping), got ${a.max_grad_norm}`);

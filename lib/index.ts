@@ -33,3 +33,6 @@ export { connectTcpGroup } from './dist/tcp.ts';
 export { bertConfigFromJson, bertForward, initBertParams, layerNorm, type BertConfig } from './model/bert.ts';
 export { denseBiEncoder, initDenseParams, initPoolerParams, poolHidden, l2Normalize, POOLINGS, type Pooling, type DenseOptions } from './model/dense.ts';
 export { loadDenseModel, splitPooler, SETTINGS_FILE, type LoadedModel, type ModelRequest, type EncoderSettings } from './model/pretrained.ts';
+export { loadEvalSet, evaluateRetrieval, type EvalSet } from './evaluation.ts';
+export { reportHtml } from './report.ts';
+export { writeModel, writeCheckpoint, readCheckpoint, listCheckpoints, type SavedModel, type TrainerState } from './outputs.ts';

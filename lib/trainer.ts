@@ -40,6 +40,8 @@ export interface LogRecord {
 
 export interface LoopHooks {
   onLog?(record: LogRecord): void | Promise<void>;
+  /** After every optimizer step (e.g. evaluation every eval_steps). */
+  onStep?(state: TrainState, step: number, epoch: number, final: boolean): void | Promise<void>;
   /** Called after optimizer step `step` when it is a save step, and after the last step (`final`). */
   onSave?(state: TrainState, step: number, epoch: number, final: boolean): void | Promise<void>;
 }
@@ -71,7 +73,7 @@ export async function trainLoop(
   const plan = schedulePlan(examples.length, o, W);
   const full: TrainConfig = { ...cfg, totalSteps: plan.total, warmupSteps: plan.warmup };
   const accum = o.gradientAccumulationSteps;
-  let window = { loss: 0, steps: 0, started: performance.now() };
+  let window = { loss: 0, steps: 0, seconds: 0 }; // seconds spent in steps, not in hooks (evaluation, saving)
   for (let step = state.optimizer.step; step < plan.total; ) {
     const epoch = Math.floor(step / plan.perEpoch);
     const batches = epochBatches(examples.length, { batchSize: o.batchSize, seed: o.seed, epoch, rank, worldSize: W });
@@ -82,24 +84,26 @@ export async function trainLoop(
           { qMaxLen: o.qMaxLen, pMaxLen: o.pMaxLen, special: o.special },
         ),
       );
+      const t0 = performance.now();
       const res = await trainStep(model, state, micro, full);
+      window.seconds += (performance.now() - t0) / 1000;
       state = res.state;
       step = state.optimizer.step;
       window.loss += res.metrics.loss;
       window.steps += 1;
       const epochFloat = step / plan.perEpoch;
       if (step % o.loggingSteps === 0 || step === plan.total) {
-        const seconds = (performance.now() - window.started) / 1000;
         await hooks.onLog?.({
           step,
           epoch: Number(epochFloat.toFixed(4)),
           loss: window.loss / window.steps,
           learning_rate: res.metrics.learningRate,
           grad_norm: res.metrics.gradNorm,
-          samples_per_second: (window.steps * accum * o.batchSize * W) / seconds,
+          samples_per_second: (window.steps * accum * o.batchSize * W) / window.seconds,
         });
-        window = { loss: 0, steps: 0, started: performance.now() };
+        window = { loss: 0, steps: 0, seconds: 0 };
       }
+      await hooks.onStep?.(state, step, epochFloat, step === plan.total);
       if (step % o.saveSteps === 0 || step === plan.total) await hooks.onSave?.(state, step, epochFloat, step === plan.total);
     }
   }

@@ -8,6 +8,7 @@ import { initBackend, type BackendChoice } from '../lib/backend.ts';
 import { runScript, scriptArgs } from '../lib/cli.ts';
 import { listDataFiles, loadTrainExamples } from '../lib/data/load.ts';
 import { rankFromEnv } from '../lib/dist/env.ts';
+import { evaluateRetrieval, loadEvalSet } from '../lib/evaluation.ts';
 import { singleProcessGroup, type ProcessGroup } from '../lib/dist/group.ts';
 import { connectTcpGroup } from '../lib/dist/tcp.ts';
 import { broadcastParams } from '../lib/dist/tensors.ts';
@@ -62,6 +63,9 @@ await runScript('train', async () => {
     separator,
   });
   say(`backend ${backend}; ${examples.length} training queries tokenized in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  const exampleOpts = { tokenize: (t: string, max: number) => tok.encode(t).slice(0, max), qMaxLen: a.q_max_len as number, pMaxLen: a.p_max_len as number, separator };
+  const evalSet = main && a.eval_queries ? loadEvalSet(a.eval_queries as string, a.eval_corpus as string, a.eval_qrels as string | null, exampleOpts) : null;
+  const evalSteps = (a.eval_steps ?? a.logging_steps) as number;
 
   let state: TrainState = { params: loaded.params, optimizer: initAdamW(loaded.params), key: keyFromSeed(a.seed as number) };
   let history: Record<string, number>[] = [];
@@ -131,6 +135,14 @@ await runScript('train', async () => {
         console.log(`step ${r.step}/${plan.total}  epoch ${r.epoch.toFixed(2)}  loss ${r.loss.toFixed(4)}  lr ${r.learning_rate.toExponential(2)}  grad_norm ${r.grad_norm.toFixed(3)}  ${r.samples_per_second.toFixed(1)} samples/s  eta ${eta.toFixed(0)} s`);
         await appendMetrics(outputDir, r);
         await report();
+      },
+      onStep: async (s, step, epoch, final) => {
+        if (!evalSet || (step % evalSteps !== 0 && !final)) return;
+        const metrics = await evaluateRetrieval(loaded.model, s.params, evalSet, { qMaxLen: loop.qMaxLen, pMaxLen: loop.pMaxLen, special: tok.special });
+        const record = { step, epoch: Number(epoch.toFixed(4)), ...metrics };
+        history.push(record);
+        console.log(`eval at step ${step}: ${Object.entries(metrics).map(([k, v]) => `${k.replace('eval_', '')} ${v.toFixed(4)}`).join('  ')}`);
+        await appendMetrics(outputDir, record);
       },
       onSave: async (s, step, epoch, final) => {
         if (!main) return;

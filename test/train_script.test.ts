@@ -11,6 +11,7 @@ const root = path.resolve('.');
 const fixtures = path.join(root, 'test/fixtures');
 const NQ = path.resolve('../shared/data/nq/train.jsonl');
 const VOCAB = path.resolve('../shared/data/bert-base-uncased/vocab.txt');
+const [NQ_DEV, NQ_CORPUS, NQ_QRELS] = ['dev.queries.jsonl', 'corpus.jsonl', 'dev.qrels.tsv'].map((f) => path.resolve('../shared/data/nq', f));
 const tmp = () => mkdtempSync(path.join(tmpdir(), 'train-'));
 
 function train(args: string[]) {
@@ -92,14 +93,19 @@ test('the seed\'s command shape on the shared NQ data: trains, logs, rotates che
   const r = train(
     (`--output_dir ${out} --model_name_or_path ${model} --train_dir ${NQ} --do_train --save_steps 2 --fp16 ` +
       '--per_device_train_batch_size 4 --train_n_passages 2 --learning_rate 1e-5 --q_max_len 32 --p_max_len 156 --num_train_epochs 40 ' +
-      '--grad_cache --gc_q_chunk_size 2 --gc_p_chunk_size 3 --max_steps 5 --logging_steps 2 --save_total_limit 2').split(' '),
+      '--grad_cache --gc_q_chunk_size 2 --gc_p_chunk_size 3 --max_steps 5 --logging_steps 2 --save_total_limit 2 ' +
+      `--eval_queries ${NQ_DEV} --eval_corpus ${NQ_CORPUS} --eval_qrels ${NQ_QRELS} --eval_steps 4`).split(' '),
   );
   assert.is(r.code, 0, r.err);
   assert.match(r.out, /--fp16 ignored/);
   assert.equal(readdirSync(out).filter((n) => n.startsWith('checkpoint-')).sort(), ['checkpoint-2', 'checkpoint-4'], 'save_total_limit 2 keeps the last two');
   const logged = readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
-  assert.equal(logged.map((l) => l.step), [2, 4, 5]);
-  assert.ok(logged.every((l) => l.loss > 0 && l.learning_rate > 0 && l.grad_norm > 0 && l.samples_per_second > 0));
+  const evals = logged.filter((l) => 'eval_recall@20' in l);
+  assert.equal(evals.map((l) => l.step), [4, 5], 'evaluated every eval_steps and at the end');
+  assert.ok(evals.every((l) => l['eval_recall@100'] >= l['eval_recall@20'] && l['eval_recall@20'] >= 0));
+  const logs = logged.filter((l) => 'loss' in l);
+  assert.equal(logs.map((l) => l.step), [2, 4, 5]);
+  assert.ok(logs.every((l) => l.loss > 0 && l.learning_rate > 0 && l.grad_norm > 0 && l.samples_per_second > 0));
   const state = JSON.parse(readFileSync(path.join(out, 'trainer_state.json'), 'utf8'));
   assert.is(state.global_step, 5);
   for (const f of ['config.json', 'model.safetensors', 'vocab.txt', 'tokenizer_config.json', 'report.html', 'checkpoint-4/optimizer.safetensors']) assert.ok(existsSync(path.join(out, f)), f);
