@@ -4,13 +4,13 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { rankFromEnv } from '../lib/dist/env.ts';
 import { launchWorkers } from '../lib/dist/launch.ts';
+import { freePort } from './helpers.ts';
 
 const worker = path.resolve('test/fixtures/dist_worker.ts');
-let nextPort = 29600 + (process.pid % 500) * 2;
 
 /** Starts W worker processes on loopback; resolves with each one's exit code, stdout and stderr. */
-function runWorkers(W: number, mode = ''): Promise<{ code: number | null; out: string; err: string; ms: number }[]> {
-  const port = nextPort++;
+async function runWorkers(W: number, mode = ''): Promise<{ code: number | null; out: string; err: string; ms: number }[]> {
+  const port = await freePort();
   const started = Date.now();
   return Promise.all(
     Array.from({ length: W }, (_, rank) =>
@@ -64,12 +64,12 @@ test('a killed rank ends every other rank with a clear error, not a hang', async
 
 test('the launcher sets torchrun variables; a failing worker stops the others and is named with its last error', async () => {
   const out: string[] = [];
-  const ok = await launchWorkers({ nprocPerNode: 3, nnodes: 1, nodeRank: 0, masterAddr: '127.0.0.1', masterPort: nextPort++, script: worker, args: [], pinGpus: false, write: (_, s, t) => void out.push(t) });
-  assert.is(ok.code, 0);
+  const ok = await launchWorkers({ nprocPerNode: 3, nnodes: 1, nodeRank: 0, masterAddr: '127.0.0.1', masterPort: await freePort(), script: worker, args: [], pinGpus: false, write: (_, s, t) => void out.push(t) });
+  assert.is(ok.code, 0, out.join(''));
   assert.is(out.join('').split('\n').filter((l) => l.startsWith('{')).length, 3);
   const started = Date.now();
   const bad = await launchWorkers({
-    nprocPerNode: 2, nnodes: 1, nodeRank: 0, masterAddr: '127.0.0.1', masterPort: nextPort++, pinGpus: true,
+    nprocPerNode: 2, nnodes: 1, nodeRank: 0, masterAddr: '127.0.0.1', masterPort: await freePort(), pinGpus: true,
     script: path.resolve('test/fixtures/launch_worker.mjs'), args: ['fail-rank-1'], write: (_, s, t) => void out.push(t),
   });
   assert.equal(bad.failure, { rank: 1, code: 7, signal: null, lastError: 'rank 1: something broke (CUDA_VISIBLE_DEVICES=1)' });

@@ -71,3 +71,16 @@ export function close(actual: number, expected: number, tol: number, what: strin
     throw new Error(`${what}: ${actual} differs from ${expected} by more than ${tol} (relative)`);
   }
 }
+
+/** A TCP port the OS reports free right now (for a rendezvous in a test). */
+export async function freePort(): Promise<number> {
+  const net = await import('node:net');
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as import('node:net').AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}

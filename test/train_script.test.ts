@@ -6,6 +6,7 @@ import path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { parseSafetensors } from '../lib/model/safetensors.ts';
+import { freePort } from './helpers.ts';
 
 const root = path.resolve('.');
 const fixtures = path.join(root, 'test/fixtures');
@@ -65,7 +66,7 @@ for (const [variant, extra] of [
   });
 }
 
-test('launch.ts: 2 processes × batch 2 with --negatives_x_device take the step of 1 process × batch 4 (plain and grad cache)', () => {
+test('launch.ts: 2 processes × batch 2 with --negatives_x_device take the step of 1 process × batch 4 (plain and grad cache)', async () => {
   const model = tinyBertNoDropout();
   const common = [
     '--model_name_or_path', model, '--train_dir', path.join(fixtures, 'train-step/train.jsonl'), '--train_n_passages', '2', '--q_max_len', '8', '--p_max_len', '12',
@@ -75,7 +76,7 @@ test('launch.ts: 2 processes × batch 2 with --negatives_x_device take the step 
     const one = path.join(tmp(), 'one');
     const two = path.join(tmp(), 'two');
     assert.is(train(['--output_dir', one, '--per_device_train_batch_size', '4', ...common, ...extra]).code, 0);
-    const port = String(31000 + (process.pid % 1000) * 2 + extra.length % 2);
+    const port = String(await freePort());
     const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(root, 'scripts/launch.ts'), '--nproc_per_node', '2', '--master_port', port,
       path.join(root, 'scripts/train.ts'), '--output_dir', two, '--per_device_train_batch_size', '2', '--negatives_x_device', ...common, ...extra], { encoding: 'utf8' });
     assert.is(r.status, 0, r.stderr);
