@@ -1,20 +1,47 @@
 // `npm test`: runs the uvu suite once per backend (the same specs on each, as tfjs does), then prints
 // one closing line `N passed, M failed` summed over backends. Extra arguments are passed to uvu as its
-// file pattern, e.g. `npm test -- gradcache`. TEVATRON_TEST_BACKENDS=wasm,cpu picks the backends.
+// file pattern, e.g. `npm test -- gradcache`. The backends are tensorflow (when its binding loads: see
+// `npm run setup:tensorflow`), wasm and cpu; TEVATRON_TEST_BACKENDS=wasm,cpu picks them instead.
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 
 const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
-const backends = (process.env.TEVATRON_TEST_BACKENDS ?? 'wasm,cpu').split(',').filter(Boolean);
 const pattern = process.argv[2] ? `^[^/]*(${process.argv[2]})[^/]*\\.test\\.ts$` : '^[^/]*\\.test\\.ts$';
+
+/** Asks a child process whether the tensorflow backend loads (loading it here would pin it for good). */
+function tensorflowAvailability() {
+  const probe = spawnSync(
+    process.execPath,
+    ['--import', 'tsx', '--input-type=module', '-e', `
+      import { tensorflowAvailability } from ${JSON.stringify(path.join(root, 'lib/backend.ts'))};
+      console.log(JSON.stringify(tensorflowAvailability()));`],
+    { cwd: root, encoding: 'utf8', timeout: 120_000 },
+  );
+  try {
+    return JSON.parse(probe.stdout.trim().split('\n').at(-1));
+  } catch {
+    const line = `${probe.stderr}`.split('\n').find((l) => /Error/.test(l)) ?? `exit ${probe.status ?? probe.signal}`;
+    return { available: false, reason: `the probe failed: ${line.trim()}` };
+  }
+}
+
+let backends;
+if (process.env.TEVATRON_TEST_BACKENDS) {
+  backends = process.env.TEVATRON_TEST_BACKENDS.split(',').filter(Boolean);
+} else {
+  const tensorflow = tensorflowAvailability();
+  backends = tensorflow.available ? ['tensorflow', 'wasm', 'cpu'] : ['wasm', 'cpu'];
+  console.log(tensorflow.available ? `backends: ${backends.join(', ')} (tensorflow from ${tensorflow.package})` : `backends: wasm, cpu (tensorflow not available: ${tensorflow.reason})`);
+}
 
 let passed = 0;
 let failed = 0;
 let skipped = 0;
 for (const backend of backends) {
   console.log(`\n=== backend: ${backend} ===`);
-  const run = spawnSync(process.execPath, ['--import', 'tsx', path.join(root, 'node_modules/uvu/bin.js'), 'test', pattern], {
+  // --no-color: uvu would set FORCE_COLOR, which next to NO_COLOR makes every child Node process warn.
+  const run = spawnSync(process.execPath, ['--import', 'tsx', path.join(root, 'node_modules/uvu/bin.js'), '--no-color', 'test', pattern], {
     cwd: root,
     env: { ...process.env, TEVATRON_BACKEND: backend, NO_COLOR: '1' },
     encoding: 'utf8',
