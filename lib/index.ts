@@ -1,5 +1,5 @@
 // The public API of tevatron-ts: what notebooks, scripts and users import.
-export { initBackend, type BackendChoice, type BackendName } from './backend.ts';
+export { initBackend, backendInfo, describeBackend, type BackendChoice, type BackendName, type BackendInfo } from './backend.ts';
 export { linear, embeddingLookup, dropout } from './ops.ts';
 export { foldIn, keyFromSeed, mix32, dropoutScales, siteRng, type Key, type DropoutRng } from './random.ts';
 export { contrastiveLoss, contrastiveScores, groupSize, type LossOptions } from './loss.ts';

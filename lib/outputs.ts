@@ -27,7 +27,7 @@ export interface TrainerState {
   epoch: number;
   max_steps: number;
   seed: number;
-  backend: string;
+  backend: unknown;
   log_history: Record<string, number>[];
   [extra: string]: unknown;
 }

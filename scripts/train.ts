@@ -4,7 +4,7 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { initBackend, type BackendChoice } from '../lib/backend.ts';
+import { backendInfo, describeBackend, initBackend, type BackendChoice } from '../lib/backend.ts';
 import { runScript, scriptArgs } from '../lib/cli.ts';
 import { listDataFiles, loadTrainExamples } from '../lib/data/load.ts';
 import { rankFromEnv } from '../lib/dist/env.ts';
@@ -33,7 +33,7 @@ await runScript('train', async () => {
   }
   if (a.fp16) say('warning: --fp16 ignored: TensorFlow.js has no float16 kernels, training runs in float32');
   if (a.train_dir === null) throw new Error(`--dataset_name ${a.dataset_name}: reading hub datasets is not supported yet; download its files and pass them with --train_dir`);
-  const backend = await initBackend(a.backend as BackendChoice);
+  await initBackend(a.backend as BackendChoice);
   const group: ProcessGroup & { close?(): void } = info.worldSize > 1 ? await connectTcpGroup(info) : singleProcessGroup();
 
   const flagSettings: Partial<EncoderSettings> = {};
@@ -62,7 +62,7 @@ await runScript('train', async () => {
     pMaxLen: a.p_max_len as number,
     separator,
   });
-  say(`backend ${backend}; ${examples.length} training queries tokenized in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  say(`backend ${describeBackend()}; ${examples.length} training queries tokenized in ${((performance.now() - started) / 1000).toFixed(1)} s`);
   const exampleOpts = { tokenize: (t: string, max: number) => tok.encode(t).slice(0, max), qMaxLen: a.q_max_len as number, pMaxLen: a.p_max_len as number, separator };
   const evalSet = main && a.eval_queries ? loadEvalSet(a.eval_queries as string, a.eval_corpus as string, a.eval_qrels as string | null, exampleOpts) : null;
   const evalSteps = (a.eval_steps ?? a.logging_steps) as number;
@@ -103,13 +103,13 @@ await runScript('train', async () => {
       (a.negatives_x_device ? ', negatives across processes' : ''),
   );
   const trainerState = (step: number, epoch: number): TrainerState => ({
-    global_step: step, epoch, max_steps: plan.total, seed: a.seed as number, backend, world_size: group.worldSize,
+    global_step: step, epoch, max_steps: plan.total, seed: a.seed as number, backend: backendInfo(), world_size: group.worldSize,
     train_batch_size: loop.batchSize, log_history: history,
   });
   const saved = (params: TrainState['params']): SavedModel => ({
     config: loaded.rawConfig, params, untied: a.untie_encoder as boolean, pooler: loaded.options.pooler ?? null, settings: loaded.settings, tokenizer: tok,
   });
-  const report = () => writeFile(path.join(outputDir, 'report.html'), reportHtml(`tevatron-ts: ${outputDir}`, history, { model: a.model_name_or_path as string, backend, steps: plan.total }));
+  const report = () => writeFile(path.join(outputDir, 'report.html'), reportHtml(`tevatron-ts: ${outputDir}`, history, { model: a.model_name_or_path as string, backend: describeBackend(), steps: plan.total }));
   const t0 = performance.now();
 
   state = await trainLoop(
