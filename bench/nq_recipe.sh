@@ -17,8 +17,8 @@ JSON
 t0=$(date +%s)
 npx tsx scripts/train.ts --output_dir "$OUT/model" --overwrite_output_dir --model_name_or_path "$OUT/init" \
   --train_dir "$DATA/nq/train.jsonl" --do_train --per_device_train_batch_size 32 --train_n_passages 2 \
-  --learning_rate 3e-4 --weight_decay 0.01 --q_max_len 32 --p_max_len 128 --num_train_epochs 10 \
-  --pooling mean --grad_cache --gc_q_chunk_size 32 --gc_p_chunk_size 16 --logging_steps 20 --save_steps 100000 "$@"
+  --learning_rate 3e-4 --weight_decay 0.01 --q_max_len 32 --p_max_len 128 --num_train_epochs 6 \
+  --pooling mean --grad_cache --gc_q_chunk_size 32 --gc_p_chunk_size 16 --logging_steps 13 --save_steps 100000 --eval_queries "$DATA/nq/dev.queries.jsonl" --eval_corpus "$DATA/nq/corpus.jsonl" --eval_qrels "$DATA/nq/dev.qrels.tsv" --eval_steps 65 "$@"
 t1=$(date +%s)
 npx tsx scripts/encode.ts --model_name_or_path "$OUT/model" --encode_in_path "$DATA/nq/corpus.jsonl" \
   --p_max_len 128 --per_device_eval_batch_size 64 --encoded_save_path "$OUT/corpus.safetensors"

@@ -111,6 +111,7 @@ await runScript('train', async () => {
   });
   const report = () => writeFile(path.join(outputDir, 'report.html'), reportHtml(`tevatron-ts: ${outputDir}`, history, { model: a.model_name_or_path as string, backend: describeBackend(), steps: plan.total }));
   const t0 = performance.now();
+  const firstStep = state.optimizer.step;
 
   state = await trainLoop(
     loaded.model,
@@ -131,7 +132,7 @@ await runScript('train', async () => {
       onLog: async (r: LogRecord) => {
         if (!main) return;
         history.push({ ...r });
-        const eta = ((performance.now() - t0) / 1000 / (r.step - (history[0]?.step ?? 0) + 1)) * (plan.total - r.step);
+        const eta = ((performance.now() - t0) / 1000 / (r.step - firstStep)) * (plan.total - r.step);
         console.log(`step ${r.step}/${plan.total}  epoch ${r.epoch.toFixed(2)}  loss ${r.loss.toFixed(4)}  lr ${r.learning_rate.toExponential(2)}  grad_norm ${r.grad_norm.toFixed(3)}  ${r.samples_per_second.toFixed(1)} samples/s  eta ${eta.toFixed(0)} s`);
         await appendMetrics(outputDir, r);
         await report();
