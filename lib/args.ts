@@ -110,6 +110,13 @@ export const FLAGS: readonly Flag[] = [
 export type ArgValue = string | number | boolean | string[] | null;
 export type Args = Record<string, ArgValue>;
 
+const GIVEN = new WeakMap<Args, Set<string>>();
+
+/** The flags the user set (on the command line or in the flag file), as opposed to defaults. */
+export function explicitFlags(args: Args): Set<string> {
+  return GIVEN.get(args) ?? new Set();
+}
+
 const BOOL_WORDS: Record<string, boolean> = { true: true, false: false, yes: true, no: false, '1': true, '0': false, t: true, f: false, y: true, n: false };
 
 function editDistance(a: string, b: string): number {
@@ -179,6 +186,7 @@ function parseJsonFile(path: string, script: Script): Args {
     if (!flag) throw new Error(`${path}: ${unknownFlag(name, script).message}`);
     args[name] = flag.kind === 'list' ? (Array.isArray(value) ? value.map(String) : [String(value)]) : value === null ? null : convert(flag, String(value), path);
   }
+  GIVEN.set(args, new Set(Object.keys(obj)));
   return args;
 }
 
@@ -219,6 +227,7 @@ export function parseArgs(argv: readonly string[], script: Script): Args {
       args[name] = convert(flag, raw, 'command line');
     }
   }
+  GIVEN.set(args, seen);
   return validate(args, script);
 }
 

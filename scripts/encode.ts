@@ -4,33 +4,18 @@ import { encodeSequences } from '../lib/encode.ts';
 import { initBackend, type BackendChoice } from '../lib/backend.ts';
 import { runScript, scriptArgs } from '../lib/cli.ts';
 import { readRows, toEncodeItem } from '../lib/data/load.ts';
-import type { Pooling } from '../lib/model/dense.ts';
-import { loadDenseModel, type EncoderSettings } from '../lib/model/pretrained.ts';
+import { exampleOptionsFromArgs, loadDenseModel, modelRequestFromArgs } from '../lib/model/pretrained.ts';
 import { writeEncoded } from '../lib/search.ts';
 
 await runScript('encode', async () => {
   const a = scriptArgs('encode');
   const backend = await initBackend(a.backend as BackendChoice);
-  const given = new Set(process.argv.slice(2).map((t) => t.replace(/^--/, '').split('=')[0]));
-  const settings: Partial<EncoderSettings> = {};
-  if (given.has('pooling')) settings.pooling = a.pooling as Pooling;
-  if (given.has('normalize')) settings.normalize = a.normalize as boolean;
-  const loaded = await loadDenseModel({
-    modelNameOrPath: a.model_name_or_path as string,
-    configName: a.config_name as string | null,
-    tokenizerName: a.tokenizer_name as string | null,
-    cacheDir: a.cache_dir as string | null,
-    untied: a.untie_encoder as boolean,
-    pooler: a.add_pooler ? { inDim: a.projection_in_dim as number, outDim: a.projection_out_dim as number } : null,
-    settings,
-    seed: 42,
-  });
+  const loaded = await loadDenseModel(modelRequestFromArgs(a));
   loaded.notes.forEach((n) => console.error(n));
   if (loaded.notes.some((n) => n.includes('initialising'))) throw new Error(`${loaded.dir} holds no trained weights; encode with a trained model directory`);
   const tok = loaded.tokenizer;
-  const sep = a.passage_field_separator as string;
   const isQuery = a.encode_is_qry as boolean;
-  const opts = { tokenize: (t: string, max: number) => tok.encode(t).slice(0, max), qMaxLen: a.q_max_len as number, pMaxLen: a.p_max_len as number, separator: tok.attribute(sep) === undefined ? sep : String(tok.attribute(sep)) };
+  const opts = exampleOptionsFromArgs(tok, a);
   const shards = a.encode_num_shard as number;
   const index = a.encode_shard_index as number;
   // datasets' shard(num, index) with contiguous=False: every num-th row

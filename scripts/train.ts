@@ -12,8 +12,7 @@ import { evaluateRetrieval, loadEvalSet } from '../lib/evaluation.ts';
 import { singleProcessGroup, type ProcessGroup } from '../lib/dist/group.ts';
 import { connectTcpGroup } from '../lib/dist/tcp.ts';
 import { broadcastParams } from '../lib/dist/tensors.ts';
-import { loadDenseModel, type EncoderSettings } from '../lib/model/pretrained.ts';
-import type { Pooling } from '../lib/model/dense.ts';
+import { exampleOptionsFromArgs, loadDenseModel, modelRequestFromArgs } from '../lib/model/pretrained.ts';
 import { initAdamW, type ScheduleType } from '../lib/optim.ts';
 import { appendMetrics, readCheckpoint, resolveResume, writeCheckpoint, writeModel, type SavedModel, type TrainerState } from '../lib/outputs.ts';
 import { keyFromSeed } from '../lib/random.ts';
@@ -36,34 +35,13 @@ await runScript('train', async () => {
   await initBackend(a.backend as BackendChoice);
   const group: ProcessGroup & { close?(): void } = info.worldSize > 1 ? await connectTcpGroup(info) : singleProcessGroup();
 
-  const flagSettings: Partial<EncoderSettings> = {};
-  const given = new Set(process.argv.slice(2).map((t) => t.replace(/^--/, '').split('=')[0]));
-  if (given.has('pooling')) flagSettings.pooling = a.pooling as Pooling;
-  if (given.has('normalize')) flagSettings.normalize = a.normalize as boolean;
-  if (given.has('temperature')) flagSettings.temperature = a.temperature as number;
-  const loaded = await loadDenseModel({
-    modelNameOrPath: a.model_name_or_path as string,
-    configName: a.config_name as string | null,
-    tokenizerName: a.tokenizer_name as string | null,
-    cacheDir: a.cache_dir as string | null,
-    untied: a.untie_encoder as boolean,
-    pooler: a.add_pooler ? { inDim: a.projection_in_dim as number, outDim: a.projection_out_dim as number } : null,
-    settings: flagSettings,
-    seed: a.seed as number,
-  });
+  const loaded = await loadDenseModel(modelRequestFromArgs(a));
   loaded.notes.forEach(say);
   const tok = loaded.tokenizer;
-  const sep = a.passage_field_separator as string;
-  const separator = tok.attribute(sep) === undefined ? sep : String(tok.attribute(sep));
+  const exampleOpts = exampleOptionsFromArgs(tok, a);
   const started = performance.now();
-  const examples = loadTrainExamples(listDataFiles(a.train_dir as string), {
-    tokenize: (t, max) => tok.encode(t).slice(0, max),
-    qMaxLen: a.q_max_len as number,
-    pMaxLen: a.p_max_len as number,
-    separator,
-  });
+  const examples = loadTrainExamples(listDataFiles(a.train_dir as string), exampleOpts);
   say(`backend ${describeBackend()}; ${examples.length} training queries tokenized in ${((performance.now() - started) / 1000).toFixed(1)} s`);
-  const exampleOpts = { tokenize: (t: string, max: number) => tok.encode(t).slice(0, max), qMaxLen: a.q_max_len as number, pMaxLen: a.p_max_len as number, separator };
   const evalSet = main && a.eval_queries ? loadEvalSet(a.eval_queries as string, a.eval_corpus as string, a.eval_qrels as string | null, exampleOpts) : null;
   const evalSteps = (a.eval_steps ?? a.logging_steps) as number;
 

@@ -5,6 +5,8 @@
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
+import { explicitFlags, type Args } from '../args.ts';
+import type { ExampleOptions } from '../data/load.ts';
 import { loadTokenizer, type Tokenizer } from '../tokenizer.ts';
 import { foldIn, keyFromSeed } from '../random.ts';
 import { bertConfigFromJson, type BertConfig } from './bert.ts';
@@ -112,6 +114,37 @@ export async function loadDenseModel(req: ModelRequest): Promise<LoadedModel> {
     Object.assign(params, initPoolerParams(pooler, foldIn(key, 1), req.untied));
   }
   return { dir, config, rawConfig, params, model: denseBiEncoder(config, options), options, settings, tokenizer, notes };
+}
+
+/** The model part of a train/encode command line; encoder settings only where the user set them. */
+export function modelRequestFromArgs(a: Args): ModelRequest {
+  const given = explicitFlags(a);
+  const settings: Partial<EncoderSettings> = {};
+  if (given.has('pooling')) settings.pooling = a.pooling as Pooling;
+  if (given.has('normalize')) settings.normalize = a.normalize as boolean;
+  if (given.has('temperature')) settings.temperature = a.temperature as number;
+  return {
+    modelNameOrPath: a.model_name_or_path as string,
+    configName: a.config_name as string | null,
+    tokenizerName: a.tokenizer_name as string | null,
+    cacheDir: a.cache_dir as string | null,
+    untied: a.untie_encoder as boolean,
+    pooler: a.add_pooler ? { inDim: a.projection_in_dim as number, outDim: a.projection_out_dim as number } : null,
+    settings,
+    seed: (a.seed as number | undefined) ?? 42,
+  };
+}
+
+/** How rows become token ids for this model: its tokenizer, the length limits, the title/text separator. */
+export function exampleOptionsFromArgs(tokenizer: Tokenizer, a: Args): ExampleOptions {
+  const sep = a.passage_field_separator as string;
+  const attr = tokenizer.attribute(sep); // Tevatron: getattr(tokenizer, separator, separator)
+  return {
+    tokenize: (text, max) => tokenizer.encode(text).slice(0, max),
+    qMaxLen: a.q_max_len as number,
+    pMaxLen: a.p_max_len as number,
+    separator: attr === undefined ? sep : String(attr),
+  };
 }
 
 /** Splits a dense model's parameters into the encoder's and the pooler's (linear_q / linear_p). */
