@@ -14,9 +14,12 @@ cat > "$OUT/init/config.json" <<JSON
 {"model_type": "bert", "vocab_size": 30522, "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
  "intermediate_size": 1024, "max_position_embeddings": 512, "hidden_act": "gelu", "pad_token_id": 0}
 JSON
+# like Tevatron's prepare scripts (--minimum-negatives 1): drop the one query that has no BM25 negative
+node -e 'const fs=require("fs");const rows=fs.readFileSync(process.argv[1],"utf8").split("\n").filter(Boolean);fs.writeFileSync(process.argv[2],rows.filter(l=>JSON.parse(l).negative_passages.length>0).join("\n")+"\n")' \
+  "$DATA/nq/train.jsonl" "$OUT/train.jsonl"
 t0=$(date +%s)
 npx tsx scripts/train.ts --output_dir "$OUT/model" --overwrite_output_dir --model_name_or_path "$OUT/init" \
-  --train_dir "$DATA/nq/train.jsonl" --do_train --per_device_train_batch_size 32 --train_n_passages 2 \
+  --train_dir "$OUT/train.jsonl" --do_train --per_device_train_batch_size 32 --train_n_passages 2 \
   --learning_rate 3e-4 --weight_decay 0.01 --q_max_len 32 --p_max_len 128 --num_train_epochs 6 \
   --pooling mean --grad_cache --gc_q_chunk_size 32 --gc_p_chunk_size 16 --logging_steps 13 --save_steps 100000 --eval_queries "$DATA/nq/dev.queries.jsonl" --eval_corpus "$DATA/nq/corpus.jsonl" --eval_qrels "$DATA/nq/dev.qrels.tsv" --eval_steps 65 "$@"
 t1=$(date +%s)

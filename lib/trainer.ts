@@ -5,7 +5,7 @@
 import type { SpecialTokens } from './data/collator.ts';
 import { collateGroups } from './data/collator.ts';
 import { epochBatches, stepsPerEpoch } from './data/sampler.ts';
-import { sampleGroup, type TrainExample } from './data/sample.ts';
+import { checkExamples, sampleGroup, type TrainExample } from './data/sample.ts';
 import type { BiEncoder } from './model/types.ts';
 import { warmupSteps } from './optim.ts';
 import { trainStep, type TrainConfig, type TrainState } from './train.ts';
@@ -70,6 +70,7 @@ export async function trainLoop(
 ): Promise<TrainState> {
   const W = cfg.group?.worldSize ?? 1;
   const rank = cfg.group?.rank ?? 0;
+  checkExamples(examples, o.nPassages); // fail now, not at the step that samples the bad example
   const plan = schedulePlan(examples.length, o, W);
   const full: TrainConfig = { ...cfg, totalSteps: plan.total, warmupSteps: plan.warmup };
   const accum = o.gradientAccumulationSteps;

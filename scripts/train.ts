@@ -7,6 +7,7 @@ import path from 'node:path';
 import { backendInfo, describeBackend, initBackend, type BackendChoice } from '../lib/backend.ts';
 import { runScript, scriptArgs } from '../lib/cli.ts';
 import { listDataFiles, loadTrainExamples } from '../lib/data/load.ts';
+import { checkExamples } from '../lib/data/sample.ts';
 import { rankFromEnv } from '../lib/dist/env.ts';
 import { evaluateRetrieval, loadEvalSet } from '../lib/evaluation.ts';
 import { singleProcessGroup, type ProcessGroup } from '../lib/dist/group.ts';
@@ -41,6 +42,7 @@ await runScript('train', async () => {
   const exampleOpts = exampleOptionsFromArgs(tok, a);
   const started = performance.now();
   const examples = loadTrainExamples(listDataFiles(a.train_dir as string), exampleOpts);
+  checkExamples(examples, a.train_n_passages as number);
   say(`backend ${describeBackend()}; ${examples.length} training queries tokenized in ${((performance.now() - started) / 1000).toFixed(1)} s`);
   const evalSet = main && a.eval_queries ? loadEvalSet(a.eval_queries as string, a.eval_corpus as string, a.eval_qrels as string | null, exampleOpts) : null;
   const evalSteps = (a.eval_steps ?? a.logging_steps) as number;

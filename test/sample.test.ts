@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { PyRandom } from '../lib/data/pyrandom.ts';
-import { sampleGroup, type TrainExample } from '../lib/data/sample.ts';
+import { checkExamples, sampleGroup, type TrainExample } from '../lib/data/sample.ts';
 
 // Made by CPython's own `random` module: test/fixtures/make_sampling.py
 const fixture = JSON.parse(readFileSync(new URL('./fixtures/sampling.json', import.meta.url), 'utf8'));
@@ -60,6 +60,13 @@ test('too few negatives: deterministic draws with replacement; none: a clear err
   assert.equal(sampleGroup({ ...example, negatives: [] }, 0, { nPassages: 1, seed: 1, epoch: 0 }).passages, [[11]]);
   assert.throws(() => sampleGroup({ ...example, positives: [] }, 0, { nPassages: 1, seed: 1, epoch: 0 }), /query_id q7 has no positive passage/);
   assert.throws(() => sampleGroup(example, 0, { nPassages: 0, seed: 1, epoch: 0 }), /--train_n_passages must be a positive integer/);
+});
+
+test('checkExamples fails up front on queries that sampling could not serve', () => {
+  const ok = { query: [1], positives: [[2]], negatives: [[3]] };
+  checkExamples([ok, { ...ok, negatives: [] }], 1);
+  assert.throws(() => checkExamples([ok, { ...ok, queryId: 'a', negatives: [] }, { ...ok, negatives: [] }], 2), /2 training queries have no negative passages \(query_id a, example 2\) but --train_n_passages 2 needs 1/);
+  assert.throws(() => checkExamples([{ ...ok, positives: [] }], 1), /1 training queries have no positive passage \(example 0\)/);
 });
 
 test.run();

@@ -66,3 +66,21 @@ export function sampleGroup(example: TrainExample, index: number, opts: SampleOp
   }
   return { query: example.query, passages: [positive, ...chosen] };
 }
+
+/**
+ * Checks up front what sampleGroup would fail on mid-training: a query without a positive, or without
+ * negatives when n > 1. One error names how many and the first few.
+ */
+export function checkExamples(examples: readonly TrainExample[], nPassages: number): void {
+  const name = (e: TrainExample, i: number) => describe(e, i);
+  const noPositive = examples.map((e, i) => (e.positives.length === 0 ? name(e, i) : null)).filter((x): x is string => x !== null);
+  if (noPositive.length) throw new Error(`${noPositive.length} training queries have no positive passage (${noPositive.slice(0, 3).join(', ')}${noPositive.length > 3 ? ', ...' : ''}); every query needs one`);
+  if (nPassages < 2) return;
+  const noNegative = examples.map((e, i) => (e.negatives.length === 0 ? name(e, i) : null)).filter((x): x is string => x !== null);
+  if (noNegative.length) {
+    throw new Error(
+      `${noNegative.length} training queries have no negative passages (${noNegative.slice(0, 3).join(', ')}${noNegative.length > 3 ? ', ...' : ''}) ` +
+        `but --train_n_passages ${nPassages} needs ${nPassages - 1} per query; drop them from the data (as Tevatron's prepare scripts do) or use --train_n_passages 1`,
+    );
+  }
+}
