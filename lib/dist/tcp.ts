@@ -39,19 +39,25 @@ class Peer {
     socket.on('close', () => lost('disconnected (the process ended or was killed)'));
   }
 
+  private need = -1; // bytes of the frame being received (header included), once its header is in
+
   private onData(d: Buffer): void {
     this.chunks.push(d);
     this.buffered += d.length;
     for (;;) {
-      if (this.buffered < 5) return;
-      const head = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks);
-      this.chunks = [head];
-      const length = head.readUInt32LE(1);
-      if (this.buffered < 5 + length) return;
-      const frame = { type: head[0], payload: Buffer.from(head.subarray(5, 5 + length)) };
-      const rest = head.subarray(5 + length);
+      if (this.need < 0) {
+        if (this.buffered < 5) return;
+        if (this.chunks[0].length < 5) this.chunks = [Buffer.concat(this.chunks)];
+        this.need = 5 + this.chunks[0].readUInt32LE(1);
+      }
+      // concatenate once the whole frame is in: joining on every chunk would copy a large frame O(n²) times
+      if (this.buffered < this.need) return;
+      const all = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks);
+      const frame = { type: all[0], payload: all.subarray(5, this.need) };
+      const rest = all.subarray(this.need);
       this.chunks = rest.length ? [rest] : [];
       this.buffered = rest.length;
+      this.need = -1;
       const waiter = this.waiters.shift();
       if (waiter) waiter.resolve(frame);
       else this.frames.push(frame);
@@ -235,7 +241,7 @@ export async function connectTcpGroup(info: RankInfo, opts: TcpGroupOptions = {}
     close() {
       peers.forEach((p) => {
         p?.socket.removeAllListeners('close');
-        p?.socket.destroy();
+        p?.socket.end(); // end, not destroy: what was written last must still reach the peer
       });
       server.close();
     },
