@@ -36,3 +36,7 @@ export { loadDenseModel, splitPooler, SETTINGS_FILE, type LoadedModel, type Mode
 export { loadEvalSet, evaluateRetrieval, type EvalSet } from './evaluation.ts';
 export { reportHtml } from './report.ts';
 export { writeModel, writeCheckpoint, readCheckpoint, listCheckpoints, type SavedModel, type TrainerState } from './outputs.ts';
+export { resolveDataset, parseDatasetName } from './data/hub-dataset.ts';
+export { loadTrainData } from './data/tokenized.ts';
+export { checkExamples } from './data/sample.ts';
+export { exampleOptionsFromArgs, modelRequestFromArgs } from './model/pretrained.ts';

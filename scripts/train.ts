@@ -6,7 +6,9 @@ import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { backendInfo, describeBackend, initBackend, type BackendChoice } from '../lib/backend.ts';
 import { runScript, scriptArgs } from '../lib/cli.ts';
-import { listDataFiles, loadTrainExamples } from '../lib/data/load.ts';
+import { resolveDataset } from '../lib/data/hub-dataset.ts';
+import { listDataFiles } from '../lib/data/load.ts';
+import { defaultTokenizedCacheDir, loadTrainData } from '../lib/data/tokenized.ts';
 import { checkExamples } from '../lib/data/sample.ts';
 import { rankFromEnv } from '../lib/dist/env.ts';
 import { evaluateRetrieval, loadEvalSet } from '../lib/evaluation.ts';
@@ -25,14 +27,33 @@ await runScript('train', async () => {
   const a = scriptArgs('train');
   const info = rankFromEnv();
   const main = info.rank === 0;
-  const say = (line: string) => main && console.log(line);
+  // On a terminal, a progress bar with ETA sits on the last line; log lines are printed above it.
+  const tty = main && process.stdout.isTTY === true;
+  let barShown = false;
+  const clearBar = () => {
+    if (barShown) process.stdout.write('\r\x1b[K');
+    barShown = false;
+  };
+  const clock = (s: number) => (!Number.isFinite(s) ? '?' : s >= 3600 ? `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m` : s >= 60 ? `${Math.floor(s / 60)}m${String(Math.floor(s % 60)).padStart(2, '0')}s` : `${s.toFixed(0)}s`);
+  const drawBar = (label: string, done: number, total: number, secondsPerUnit: number) => {
+    if (!tty) return;
+    const frac = total > 0 ? Math.min(1, done / total) : 0;
+    const width = 30;
+    const line = `${label} [${'#'.repeat(Math.round(frac * width)).padEnd(width, '.')}] ${done}/${total} ${(frac * 100).toFixed(0)}%  eta ${clock(secondsPerUnit * (total - done))}`;
+    process.stdout.write(`\r\x1b[K${line.slice(0, (process.stdout.columns || 80) - 1)}`);
+    barShown = true;
+  };
+  const say = (line: string) => {
+    if (!main) return;
+    clearBar();
+    console.log(line);
+  };
   const outputDir = a.output_dir as string;
   const resume = a.resume_from_checkpoint as string | null;
   if (main && !resume && !a.overwrite_output_dir && existsSync(outputDir) && readdirSync(outputDir).length > 0) {
     throw new Error(`--output_dir ${outputDir} exists and is not empty; pass --overwrite_output_dir to train over it, or --resume_from_checkpoint to continue`);
   }
   if (a.fp16) say('warning: --fp16 ignored: TensorFlow.js has no float16 kernels, training runs in float32');
-  if (a.train_dir === null) throw new Error(`--dataset_name ${a.dataset_name}: reading hub datasets is not supported yet; download its files and pass them with --train_dir`);
   await initBackend(a.backend as BackendChoice);
   const group: ProcessGroup & { close?(): void } = info.worldSize > 1 ? await connectTcpGroup(info) : singleProcessGroup();
 
@@ -41,9 +62,28 @@ await runScript('train', async () => {
   const tok = loaded.tokenizer;
   const exampleOpts = exampleOptionsFromArgs(tok, a);
   const started = performance.now();
-  const examples = loadTrainExamples(listDataFiles(a.train_dir as string), exampleOpts);
+  // Rank 0 downloads, tokenizes and writes the cache; the other ranks wait, then read it (Tevatron's barrier around process()).
+  if (group.worldSize > 1 && !main) await group.barrier();
+  // Tevatron: with both flags, --train_dir supplies the files (and --dataset_name only names the recipe)
+  let files: string[];
+  if (a.train_dir !== null) files = listDataFiles(a.train_dir as string);
+  else {
+    const ds = await resolveDataset(a.dataset_name as string, { cacheDir: (a.cache_dir as string | null) ?? undefined });
+    say(`dataset ${ds.repo} (config ${ds.config}, split ${ds.split}): ${ds.files.length} file(s) from revision ${ds.source} (${ds.commit.slice(0, 10)})`);
+    files = ds.files;
+  }
+  const data = await loadTrainData(files, exampleOpts, {
+    tokenizer: tok,
+    cacheDir: a.cache_dir ? path.join(a.cache_dir as string, 'tevatron_ts_tokenized') : defaultTokenizedCacheDir(),
+    procNum: a.dataset_proc_num as number,
+    onProgress: (done, total) => drawBar('tokenizing', done, total, (performance.now() - started) / 1000 / done),
+  });
+  if (group.worldSize > 1 && main) await group.barrier();
+  const examples = data.examples;
+  data.notes.forEach(say);
   checkExamples(examples, a.train_n_passages as number);
-  say(`backend ${describeBackend()}; ${examples.length} training queries tokenized in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  const how = data.fromCache ? `read from the tokenized cache ${data.fromCache}` : `tokenized${data.workers > 0 ? ` by ${data.workers} worker threads` : ''}`;
+  say(`backend ${describeBackend()}; ${examples.length} training queries ${how} in ${((performance.now() - started) / 1000).toFixed(1)} s`);
   const evalSet = main && a.eval_queries ? loadEvalSet(a.eval_queries as string, a.eval_corpus as string, a.eval_qrels as string | null, exampleOpts) : null;
   const evalSteps = (a.eval_steps ?? a.logging_steps) as number;
 
@@ -113,15 +153,19 @@ await runScript('train', async () => {
         if (!main) return;
         history.push({ ...r });
         const eta = ((performance.now() - t0) / 1000 / (r.step - firstStep)) * (plan.total - r.step);
+        clearBar();
         console.log(`step ${r.step}/${plan.total}  epoch ${r.epoch.toFixed(2)}  loss ${r.loss.toFixed(4)}  lr ${r.learning_rate.toExponential(2)}  grad_norm ${r.grad_norm.toFixed(3)}  ${r.samples_per_second.toFixed(1)} samples/s  eta ${eta.toFixed(0)} s`);
         await appendMetrics(outputDir, r);
         await report();
       },
       onStep: async (s, step, epoch, final) => {
+        if (main) drawBar(`step`, step, plan.total, (performance.now() - t0) / 1000 / (step - firstStep));
+        if (final) clearBar();
         if (!evalSet || (step % evalSteps !== 0 && !final)) return;
         const metrics = await evaluateRetrieval(loaded.model, s.params, evalSet, { qMaxLen: loop.qMaxLen, pMaxLen: loop.pMaxLen, special: tok.special });
         const record = { step, epoch: Number(epoch.toFixed(4)), ...metrics };
         history.push(record);
+        clearBar();
         console.log(`eval at step ${step}: ${Object.entries(metrics).map(([k, v]) => `${k.replace('eval_', '')} ${v.toFixed(4)}`).join('  ')}`);
         await appendMetrics(outputDir, record);
       },
@@ -132,6 +176,7 @@ await runScript('train', async () => {
           await writeModel(outputDir, saved(s.params), true);
           await writeFile(path.join(outputDir, 'trainer_state.json'), JSON.stringify(trainerState(step, epoch), null, 2) + '\n');
           await report();
+          clearBar();
           console.log(`saved the model to ${outputDir} after ${((performance.now() - t0) / 1000).toFixed(1)} s`);
         }
       },

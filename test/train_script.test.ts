@@ -91,8 +91,11 @@ test('the seed\'s command shape on the shared NQ data: trains, logs, rotates che
   cpSync(VOCAB, path.join(model, 'vocab.txt'));
   writeFileSync(path.join(model, 'config.json'), JSON.stringify({ model_type: 'bert', vocab_size: 30522, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64, max_position_embeddings: 160 }));
   const out = path.join(tmp(), 'model_nq');
+  // one NQ query has no BM25 negative; --train_n_passages 2 needs one (Tevatron's prepare scripts drop such rows)
+  const train2 = path.join(tmp(), 'train.jsonl');
+  writeFileSync(train2, readFileSync(NQ, 'utf8').split('\n').filter((l) => l && JSON.parse(l).negative_passages.length > 0).join('\n') + '\n');
   const r = train(
-    (`--output_dir ${out} --model_name_or_path ${model} --train_dir ${NQ} --do_train --save_steps 2 --fp16 ` +
+    (`--output_dir ${out} --model_name_or_path ${model} --train_dir ${train2} --do_train --save_steps 2 --fp16 ` +
       '--per_device_train_batch_size 4 --train_n_passages 2 --learning_rate 1e-5 --q_max_len 32 --p_max_len 156 --num_train_epochs 40 ' +
       '--grad_cache --gc_q_chunk_size 2 --gc_p_chunk_size 3 --max_steps 5 --logging_steps 2 --save_total_limit 2 ' +
       `--eval_queries ${NQ_DEV} --eval_corpus ${NQ_CORPUS} --eval_qrels ${NQ_QRELS} --eval_steps 4`).split(' '),

@@ -1,15 +1,18 @@
 // Reading training and encoding data: .json (a JSON array or JSON Lines) and .jsonl files, gzipped or
-// not, one file or a directory of them. Rows are Tevatron's raw format {query_id, query,
+// not, and .parquet files (through hyparquet; async), one file or a directory of them. Rows are Tevatron's raw format {query_id, query,
 // positive_passages, negative_passages} or the pre-tokenized {query, positives, negatives}; a bad
 // row is an error naming file:line and the field.
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
+import { parquetReadObjects } from 'hyparquet';
 import type { TrainExample } from './sample.ts';
 
-const DATA_FILE = /\.(json|jsonl)(\.gz)?$/;
+const DATA_FILE = /\.(json|jsonl)(\.gz)?$|\.parquet$/;
 
-/** The data files of --train_dir: the file itself, or the directory's *.json/*.jsonl(.gz), sorted (no recursion). */
+export const isParquet = (file: string): boolean => file.endsWith('.parquet');
+
+/** The data files of --train_dir: the file itself, or the directory's *.json/*.jsonl(.gz)/*.parquet, sorted (no recursion). */
 export function listDataFiles(p: string, flag = 'train_dir'): string[] {
   let st;
   try {
@@ -19,12 +22,13 @@ export function listDataFiles(p: string, flag = 'train_dir'): string[] {
   }
   if (!st.isDirectory()) return [p];
   const files = readdirSync(p).filter((f) => DATA_FILE.test(f)).sort().map((f) => path.join(p, f));
-  if (files.length === 0) throw new Error(`--${flag} ${p}: the directory holds no .json/.jsonl(.gz) files`);
+  if (files.length === 0) throw new Error(`--${flag} ${p}: the directory holds no .json/.jsonl(.gz)/.parquet files`);
   return files;
 }
 
 /** Rows of one file with their line numbers (1-based; for a JSON array, the element index + 1). */
 export function readRows(file: string): { row: unknown; where: string }[] {
+  if (isParquet(file)) throw new Error(`${file}: a parquet file; read it with readDataRows (async)`);
   let text: string;
   try {
     const bytes = readFileSync(file);
@@ -51,6 +55,47 @@ export function readRows(file: string): { row: unknown; where: string }[] {
     }
   });
   return out;
+}
+
+/** Parquet INT64 columns come back as BigInt; token ids and ids are plain numbers here. */
+function plainNumbers(v: unknown): unknown {
+  if (typeof v === 'bigint') return Number(v);
+  if (Array.isArray(v)) {
+    for (let i = 0; i < v.length; i++) v[i] = plainNumbers(v[i]);
+    return v;
+  }
+  if (v !== null && typeof v === 'object' && !(v instanceof Date) && !ArrayBuffer.isView(v)) {
+    const o = v as Record<string, unknown>;
+    for (const k of Object.keys(o)) o[k] = plainNumbers(o[k]);
+  }
+  return v;
+}
+
+/** Rows of a parquet file (nested lists and structs as arrays and objects), numbered `file: row N` (1-based). */
+export async function readParquetRows(file: string): Promise<{ row: unknown; where: string }[]> {
+  let bytes: Buffer;
+  try {
+    bytes = readFileSync(file);
+  } catch (e) {
+    throw new Error(`${file}: cannot read (${(e as Error).message})`);
+  }
+  const buffer = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer;
+  let rows: Record<string, unknown>[];
+  try {
+    rows = await parquetReadObjects({ file: { byteLength: buffer.byteLength, slice: (start, end) => buffer.slice(start, end) } });
+  } catch (e) {
+    const msg = (e as Error).message;
+    const fix = /compression codec/.test(msg)
+      ? 'rewrite it with snappy compression (pyarrow.parquet.write_table(table, path, compression="snappy")) or convert it to .jsonl'
+      : 'check that it is a complete parquet file (re-download it), or convert it to .jsonl';
+    throw new Error(`${file}: cannot read as parquet (${msg}); ${fix}`);
+  }
+  return rows.map((row, i) => ({ row: plainNumbers(row), where: `${file}: row ${i + 1}` }));
+}
+
+/** Rows of any data file: parquet, or JSON / JSON Lines (gzipped or not). */
+export async function readDataRows(file: string): Promise<{ row: unknown; where: string }[]> {
+  return isParquet(file) ? readParquetRows(file) : readRows(file);
 }
 
 export interface PassageRow {
@@ -127,9 +172,16 @@ export function toTrainExample(row: unknown, where: string, o: ExampleOptions): 
   };
 }
 
-/** Every example of the given files. */
+/** Every example of the given JSON / JSON Lines files (parquet: loadTrainExamplesAsync). */
 export function loadTrainExamples(files: string[], o: ExampleOptions): TrainExample[] {
   return files.flatMap((f) => readRows(f).map(({ row, where }) => toTrainExample(row, where, o)));
+}
+
+/** Every example of the given files, parquet included. */
+export async function loadTrainExamplesAsync(files: string[], o: ExampleOptions): Promise<TrainExample[]> {
+  const out: TrainExample[] = [];
+  for (const f of files) for (const { row, where } of await readDataRows(f)) out.push(toTrainExample(row, where, o));
+  return out;
 }
 
 export interface EncodeItem {

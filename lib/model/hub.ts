@@ -1,5 +1,6 @@
 // Turns a model name into a local directory: an existing directory as is, else a Hugging Face hub id
-// downloaded into the hub cache in Python huggingface_hub's layout (blobs/, snapshots/{commit}/,
+// downloaded into the hub cache. The machinery below (cache layout, offline rules, downloads) also serves
+// dataset repos (lib/data/hub-dataset.ts). Files land in the hub cache in Python huggingface_hub's layout (blobs/, snapshots/{commit}/,
 // refs/{revision}, .no_exist/{commit}/), so Python and this code share one cache. It honours
 // HF_ENDPOINT, HF_HUB_OFFLINE, HF_TOKEN and HF_HOME / HF_HUB_CACHE.
 //
@@ -45,16 +46,19 @@ export interface ResolveOptions {
   token?: string;
 }
 
-interface Sibling {
+/** A hub repo's kind: `models--` / `datasets--` in the cache, `/api/models` / `/api/datasets` on the hub. */
+export type RepoType = 'model' | 'dataset';
+
+export interface Sibling {
   rfilename: string;
   blobId?: string;
   size?: number;
   lfs?: { sha256: string; size: number };
 }
 
-const isTrue = (v: string | undefined) => ['1', 'true', 'yes', 'on'].includes((v ?? '').trim().toLowerCase());
+export const isTrue = (v: string | undefined) => ['1', 'true', 'yes', 'on'].includes((v ?? '').trim().toLowerCase());
 const isCommit = (rev: string) => /^[0-9a-f]{40}$/.test(rev);
-const expandHome = (p: string) => (p === '~' || p.startsWith('~/') ? path.join(os.homedir(), p.slice(1)) : p);
+export const expandHome = (p: string) => (p === '~' || p.startsWith('~/') ? path.join(os.homedir(), p.slice(1)) : p);
 
 /** The Hugging Face hub cache directory, as Python's huggingface_hub computes it. */
 export function hubCacheDir(env: NodeJS.ProcessEnv = process.env): string {
@@ -77,16 +81,33 @@ export function parseHubId(text: string): { repo: string; revision?: string } | 
   return { repo, revision };
 }
 
-/** The repo's folder in the cache: `models--org--name`. */
-export function repoCacheDir(cacheDir: string, repo: string): string {
-  return path.join(cacheDir, `models--${repo.split('/').join('--')}`);
+/** The repo's folder in the cache: `models--org--name` (`datasets--org--name` for a dataset). */
+export function repoCacheDir(cacheDir: string, repo: string, type: RepoType = 'model'): string {
+  return path.join(cacheDir, `${type}s--${repo.split('/').join('--')}`);
+}
+
+/** Where the hub and the cache are, and how to talk to the hub, from the options and the environment. */
+export interface HubSettings {
+  cacheDir: string;
+  offline: boolean;
+  endpoint: string;
+  token: string | undefined;
+}
+
+export function hubSettings(options: Pick<ResolveOptions, 'cacheDir' | 'endpoint' | 'offline' | 'token'>): HubSettings {
+  return {
+    cacheDir: options.cacheDir ? path.resolve(expandHome(options.cacheDir)) : hubCacheDir(),
+    offline: options.offline ?? isTrue(process.env.HF_HUB_OFFLINE),
+    endpoint: (options.endpoint ?? process.env.HF_ENDPOINT ?? DEFAULT_ENDPOINT).replace(/\/+$/, ''),
+    token: options.token ?? (process.env.HF_TOKEN || undefined),
+  };
 }
 
 function checkRelative(file: string): void {
   if (path.isAbsolute(file) || file.split(/[\\/]/).some((p) => p === '..' || p === '')) throw new Error(`file "${file}": not a path inside a repo; name repo files like "vocab.txt" or "query_model/config.json"`);
 }
 
-async function writeAtomic(file: string, data: string | Uint8Array): Promise<void> {
+export async function writeAtomic(file: string, data: string | Uint8Array): Promise<void> {
   await mkdir(path.dirname(file), { recursive: true });
   const tmp = `${file}.tmp-${randomBytes(4).toString('hex')}`;
   try {
@@ -99,7 +120,7 @@ async function writeAtomic(file: string, data: string | Uint8Array): Promise<voi
 }
 
 /** What is in one snapshot of the cache, and what still has to be fetched. */
-class Snapshot {
+export class Snapshot {
   constructor(readonly storage: string, readonly commit: string) {}
   get dir(): string {
     return path.join(this.storage, 'snapshots', this.commit);
@@ -151,7 +172,7 @@ class Snapshot {
   }
 }
 
-function cachedSnapshot(storage: string, revision: string): Snapshot | null {
+export function cachedSnapshot(storage: string, revision: string): Snapshot | null {
   let commit = revision;
   if (!isCommit(revision)) {
     try {
@@ -164,7 +185,7 @@ function cachedSnapshot(storage: string, revision: string): Snapshot | null {
   return existsSync(snap.dir) ? snap : null;
 }
 
-class HubClient {
+export class HubClient {
   requests = 0;
   constructor(readonly endpoint: string, readonly token: string | undefined) {}
 
@@ -190,20 +211,21 @@ class HubClient {
   }
 }
 
-async function describeFailure(res: Response): Promise<string> {
+export async function describeFailure(res: Response): Promise<string> {
   const code = res.headers.get('x-error-code');
   const message = res.headers.get('x-error-message') ?? (await res.text().catch(() => '')).slice(0, 200).trim();
   return `${res.status}${code ? ` ${code}` : ''}${message ? `: ${message}` : ''}`;
 }
 
-async function download(client: HubClient, repo: string, snap: Snapshot, file: string, sibling: Sibling | undefined): Promise<void> {
+/** Fetches one repo file into blobs/ and links it from the snapshot (a no-op when it is there). */
+export async function download(client: HubClient, repo: string, snap: Snapshot, file: string, sibling: Sibling | undefined, type: RepoType = 'model'): Promise<void> {
   const target = path.join(snap.dir, file);
   if (existsSync(target)) return;
   const blobs = path.join(snap.storage, 'blobs');
   await mkdir(blobs, { recursive: true });
   let etag = sibling?.lfs?.sha256 ?? sibling?.blobId;
   if (!etag || !existsSync(path.join(blobs, etag))) {
-    const url = `${client.endpoint}/${repo}/resolve/${snap.commit}/${file.split('/').map(encodeURIComponent).join('/')}`;
+    const url = `${client.endpoint}/${type === 'dataset' ? 'datasets/' : ''}${repo}/resolve/${snap.commit}/${file.split('/').map(encodeURIComponent).join('/')}`;
     const res = await client.get(url);
     if (!res.ok || !res.body) throw new Error(`${repo}: downloading ${file} failed: ${url} returned ${await describeFailure(res)}; try again, or check HF_ENDPOINT / HF_TOKEN`);
     const headerTag = (res.headers.get('x-linked-etag') ?? res.headers.get('etag'))?.replace(/^W\//, '').replace(/"/g, '');
@@ -239,9 +261,32 @@ async function download(client: HubClient, repo: string, snap: Snapshot, file: s
   await rename(tmpLink, target);
 }
 
-async function markAbsent(snap: Snapshot, file: string): Promise<void> {
+export async function markAbsent(snap: Snapshot, file: string): Promise<void> {
   const marker = path.join(snap.storage, '.no_exist', snap.commit, file);
   if (!existsSync(marker)) await writeAtomic(marker, '');
+}
+
+export type RepoInfo =
+  | { kind: 'ok'; url: string; sha: string; siblings: Map<string, Sibling> }
+  | { kind: 'unreachable'; url: string; cause: string }
+  /** 401/403/404: no such repo or revision, or private / gated. */
+  | { kind: 'missing'; url: string; detail: string }
+  | { kind: 'failed'; url: string; detail: string };
+
+/** The commit a revision points at and the files in it (`/api/{models,datasets}/{repo}/revision/{rev}`). */
+export async function fetchRepoInfo(client: HubClient, type: RepoType, repo: string, revision: string): Promise<RepoInfo> {
+  const url = `${client.endpoint}/api/${type}s/${repo}/revision/${encodeURIComponent(revision)}?blobs=true`;
+  let res: Response;
+  try {
+    res = await client.get(url);
+  } catch (e) {
+    return { kind: 'unreachable', url, cause: (e as Error & { cause?: Error }).cause?.message ?? (e as Error).message };
+  }
+  if (res.status === 401 || res.status === 403 || res.status === 404) return { kind: 'missing', url, detail: await describeFailure(res) };
+  if (!res.ok) return { kind: 'failed', url, detail: `${url} returned ${await describeFailure(res)}` };
+  const info = (await res.json()) as { sha?: string; siblings?: Sibling[] };
+  if (!info.sha || !Array.isArray(info.siblings)) return { kind: 'failed', url, detail: `${url} returned no commit sha / file list; is ${client.endpoint} a Hugging Face hub (HF_ENDPOINT)?` };
+  return { kind: 'ok', url, sha: info.sha, siblings: new Map(info.siblings.map((s) => [s.rfilename, s])) };
 }
 
 /**
@@ -262,11 +307,8 @@ export async function resolveModel(nameOrPath: string, options: ResolveOptions =
   for (const f of options.files ?? []) checkRelative(f);
   const { repo } = id;
   const revision = options.revision ?? id.revision ?? 'main';
-  const cacheDir = options.cacheDir ? path.resolve(expandHome(options.cacheDir)) : hubCacheDir();
+  const { cacheDir, offline, endpoint, token } = hubSettings(options);
   const storage = repoCacheDir(cacheDir, repo);
-  const offline = options.offline ?? isTrue(process.env.HF_HUB_OFFLINE);
-  const endpoint = (options.endpoint ?? process.env.HF_ENDPOINT ?? DEFAULT_ENDPOINT).replace(/\/+$/, '');
-  const token = options.token ?? (process.env.HF_TOKEN || undefined);
   const files = options.files;
   const tried = `no local directory ${local}`;
 
@@ -278,22 +320,17 @@ export async function resolveModel(nameOrPath: string, options: ResolveOptions =
   }
 
   const client = new HubClient(endpoint, token);
-  const infoUrl = `${endpoint}/api/models/${repo}/revision/${encodeURIComponent(revision)}?blobs=true`;
-  let res: Response;
-  try {
-    res = await client.get(infoUrl);
-  } catch (e) {
-    const cause = (e as Error & { cause?: Error }).cause?.message ?? (e as Error).message;
+  const info = await fetchRepoInfo(client, 'model', repo, revision);
+  if (info.kind === 'unreachable') {
     if (cached?.usable(files)) return cached.dir; // like huggingface_hub: an unreachable hub falls back to the cache
-    throw new Error(`${nameOrPath}: cannot reach the hub at ${endpoint} (${cause}); ${tried}, nothing usable in the cache ${storage}. Check the network or HF_ENDPOINT, or pass a local directory`);
+    throw new Error(`${nameOrPath}: cannot reach the hub at ${endpoint} (${info.cause}); ${tried}, nothing usable in the cache ${storage}. Check the network or HF_ENDPOINT, or pass a local directory`);
   }
-  if (res.status === 401 || res.status === 403 || res.status === 404) {
-    throw new Error(`${nameOrPath}: ${tried}, and the hub has no model "${repo}" at revision "${revision}" (or it is private or gated): ${infoUrl} returned ${await describeFailure(res)}; nothing in the cache ${storage}. Check the name and revision; for a private or gated model set HF_TOKEN`);
+  if (info.kind === 'missing') {
+    throw new Error(`${nameOrPath}: ${tried}, and the hub has no model "${repo}" at revision "${revision}" (or it is private or gated): ${info.url} returned ${info.detail}; nothing in the cache ${storage}. Check the name and revision; for a private or gated model set HF_TOKEN`);
   }
-  if (!res.ok) throw new Error(`${nameOrPath}: ${infoUrl} returned ${await describeFailure(res)}; try again later, or set HF_HUB_OFFLINE=1 to use the cache ${storage}`);
-  const info = (await res.json()) as { sha?: string; siblings?: Sibling[] };
-  if (!info.sha || !Array.isArray(info.siblings)) throw new Error(`${nameOrPath}: ${infoUrl} returned no commit sha / file list; is ${endpoint} a Hugging Face hub (HF_ENDPOINT)?`);
-  const siblings = new Map(info.siblings.map((s) => [s.rfilename, s]));
+  if (info.kind === 'failed') throw new Error(`${nameOrPath}: ${info.detail}; try again later, or set HF_HUB_OFFLINE=1 to use the cache ${storage}`);
+  const { siblings } = info;
+  const infoUrl = info.url;
   const snap = new Snapshot(storage, info.sha);
 
   const wanted = files ?? MODEL_CANDIDATES;
