@@ -6,7 +6,7 @@ interface Series {
   points: [number, number][];
 }
 
-function lineChart(title: string, s: Series, width = 560, height = 260): string {
+export function lineChart(title: string, s: Series, width = 560, height = 260): string {
   const pad = { l: 64, r: 16, t: 28, b: 36 };
   if (s.points.length === 0) return `<p>${title}: no data yet</p>`;
   const xs = s.points.map((p) => p[0]);
