@@ -1,10 +1,13 @@
 // Gradient caching (Gao et al., 2021): the gradient of a large-batch contrastive loss with the memory
-// of one chunk. Pass 1 encodes every chunk without a tape; the loss and its gradient with respect to
-// the representations (the cache) come from the concatenated (and, across ranks, gathered) reps; pass 2
+// of one chunk. Pass 1 encodes chunks without a tape; the loss and its gradient with respect to the
+// representations (the cache) come from the concatenated (and, across ranks, gathered) reps; pass 2
 // re-encodes each chunk with the same dropout masks and backpropagates its slice of the cache.
+// Without a cross-rank gather, the last chunk of each side skips pass 1: it is encoded with the tape
+// inside the loss, so its parameter gradients come with the cache and it is never replayed.
 import * as tf from '@tensorflow/tfjs';
 import { rowSlice, type TokenBatch } from './data/collator.ts';
 import { lossAndRepGradients } from './gather.ts';
+import { contrastiveLoss } from './loss.ts';
 import type { Encoder, BiEncoder, ParamMap } from './model/types.ts';
 import { accumulate, paramGradients, sideRng, type StepOptions, type StepResult, type TrainBatch } from './step.ts';
 
@@ -41,24 +44,46 @@ export async function gradCacheStep(model: BiEncoder, params: ParamMap, batch: T
       return { start, end, tokens: rowSlice(s.batch, start, end), rng: sideRng(opts, s.index, s.batch.rows, start) };
     }),
   );
+  const encodeChunk = (i: number, c: (typeof chunks)[number][number]) => sides[i].encode(params, c.tokens, c.rng);
+  // the gather is asynchronous and a tape is not: across ranks every chunk goes through pass 1
+  const fused = !(opts.negativesXDevice && opts.group && opts.group.worldSize > 1);
+  const replayed = chunks.map((cs) => (fused ? cs.slice(0, -1) : cs));
 
-  // pass 1: representations without a tape
-  const [q, p] = sides.map((s, i) => tf.tidy(() => tf.concat(chunks[i].map((c) => s.encode(params, c.tokens, c.rng)), 0)));
-  const { loss, dq, dp } = await lossAndRepGradients(q, p, opts);
-  tf.dispose([q, p]);
+  // pass 1: representations without a tape (null: the side's only chunk is fused)
+  const cached: (tf.Tensor2D | null)[] = replayed.map((cs, i) => (cs.length ? tf.tidy(() => tf.concat(cs.map((c) => encodeChunk(i, c)), 0)) : null));
+  const present = (ts: (tf.Tensor | null)[]) => ts.filter((t): t is tf.Tensor => t !== null);
+  let loss: number;
+  let grads: ParamMap | null = null;
+  let cache: (tf.Tensor | null)[];
+  if (fused) {
+    // the loss over the cached reps and the live last chunks: their parameter gradients and the cache at once
+    const reps = () => chunks.map((cs, i) => (cached[i] ? tf.concat([cached[i]!, encodeChunk(i, cs[cs.length - 1])], 0) : encodeChunk(i, cs[cs.length - 1])));
+    const res = paramGradients(params, () => {
+      const [q, p] = reps();
+      return contrastiveLoss(q as tf.Tensor2D, p as tf.Tensor2D, { temperature: opts.temperature });
+    }, undefined, present(cached));
+    loss = (await res.value.data())[0];
+    res.value.dispose();
+    grads = res.grads;
+    let k = 0;
+    cache = cached.map((t) => (t ? res.inputGrads[k++] : null));
+  } else {
+    const r = await lossAndRepGradients(cached[0] as tf.Tensor2D, cached[1] as tf.Tensor2D, opts);
+    loss = r.loss;
+    cache = [r.dq, r.dp];
+  }
+  tf.dispose(present(cached));
 
   // pass 2: replay each chunk with its rng and push its slice of the cached gradient through
-  let grads: ParamMap | null = null;
-  const cache = [dq, dp];
-  sides.forEach((s, i) => {
-    for (const c of chunks[i]) {
+  replayed.forEach((cs, i) => {
+    for (const c of cs) {
       const chunkGrads = tf.tidy(() => {
-        const dy = tf.slice(cache[i], [c.start, 0], [c.end - c.start, -1]);
-        return paramGradients(params, () => s.encode(params, c.tokens, c.rng), dy).grads;
+        const dy = tf.slice(cache[i]!, [c.start, 0], [c.end - c.start, -1]);
+        return paramGradients(params, () => encodeChunk(i, c), dy).grads;
       });
       grads = accumulate(grads, chunkGrads);
     }
   });
-  tf.dispose(cache);
+  tf.dispose(present(cache));
   return { loss, grads: grads! };
 }

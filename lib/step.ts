@@ -41,15 +41,17 @@ export function sideRng(opts: StepOptions, side: 0 | 1, rows: number, start = 0)
 
 /**
  * Gradients of f (a scalar, or with `dy` any tensor: the vector-Jacobian product) with respect to
- * every parameter; a parameter f does not reach gets zeros (e.g. the passage tower in a query chunk).
+ * every parameter, and to the tensors `inputs` (e.g. cached representations); a parameter f does not
+ * reach gets zeros (e.g. the passage tower in a query chunk).
  */
-export function paramGradients(params: ParamMap, f: () => tf.Tensor, dy?: tf.Tensor): { value: tf.Tensor; grads: ParamMap } {
+export function paramGradients(params: ParamMap, f: () => tf.Tensor, dy?: tf.Tensor, inputs: tf.Tensor[] = []): { value: tf.Tensor; grads: ParamMap; inputGrads: tf.Tensor[] } {
   const names = Object.keys(params);
-  const xs = names.map((k) => params[k]);
+  const xs = [...names.map((k) => params[k]), ...inputs];
   const { value, grads } = tf.engine().gradients(f, xs, dy, true);
   const out: ParamMap = {};
   names.forEach((k, i) => (out[k] = grads[i] ?? tf.zerosLike(xs[i])));
-  return { value, grads: out };
+  const inputGrads = inputs.map((t, i) => grads[names.length + i] ?? tf.zerosLike(t));
+  return { value, grads: out, inputGrads };
 }
 
 /** a += b for every name, disposing the old sums and b. */
