@@ -2,7 +2,9 @@ import * as tf from '@tensorflow/tfjs';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { dropout, embeddingLookup, linear } from '../lib/ops.ts';
-import { dropoutScales, foldIn } from '../lib/random.ts';
+import { dropoutScales, dropoutScalesJs, foldIn } from '../lib/random.ts';
+import { compileKernel } from '../scripts/build-wasm.ts';
+import { readFileSync } from 'node:fs';
 import { close } from './helpers.ts';
 
 /** Central finite difference of a scalar function of one tensor entry (float64 arithmetic in JS). */
@@ -79,6 +81,21 @@ test('dropout masks depend on the global row, not on how the batch is chunked', 
     const part = dropoutScales({ key: 99, rowOffset: start }, end - start, 16, 0.1);
     assert.equal(Array.from(part), Array.from(full.subarray(start * 16, end * 16)));
   }
+});
+
+test('the wasm dropout kernel draws the JavaScript definition\'s masks, across tails, offsets and blocks', () => {
+  // row sizes off the 4-lane width; 40 rows of 2^17 fill more than one 16 MB block
+  for (const [rows, rowSize, rowOffset, rate] of [[3, 1, 0, 0.1], [3, 5, 7, 0.5], [5, 1027, 123, 0.1], [40, 1 << 17, 3, 0.25]]) {
+    const fast = dropoutScales({ key: 2024, rowOffset }, rows, rowSize, rate);
+    const ref = dropoutScalesJs({ key: 2024, rowOffset }, rows, rowSize, rate);
+    let diff = 0;
+    for (let i = 0; i < ref.length; i++) if (fast[i] !== ref[i]) diff++;
+    assert.is(diff, 0, `${rows}×${rowSize}: ${diff} elements differ`);
+  }
+});
+
+test('lib/dropout-kernel.ts is the compiled lib/dropout-kernel.wat', async () => {
+  assert.is(readFileSync(new URL('../lib/dropout-kernel.ts', import.meta.url), 'utf8'), await compileKernel(), 'run npx tsx scripts/build-wasm.ts');
 });
 
 test.run();
