@@ -1,23 +1,31 @@
-// `npm run bench`: the benchmark suite. Each configuration runs in its own process (so peak RSS is its
-// own); the PyTorch reference runs in the same session when a Python with torch + transformers is found
-// (TORCH_PYTHON, else ./.venv or /work/venv). Prints the figures and the target ratios, and writes
-// bench/results/latest.json.  BENCH_QUICK=1 runs a smaller shape.
-import { spawnSync } from 'node:child_process';
+// `npm run bench`: the benchmark suite, one process per configuration (so each peak RSS is its own), with
+// the PyTorch reference in the same session when a Python with torch + transformers is found
+// (TORCH_PYTHON, else ./.venv or /work/venv). Prints the figures and the target ratios, writes
+// bench/results/latest.json and the README's chart docs/bench.svg.
+//   npm run bench [-- --quick] [--sections train,memory,encode,search,wasm]    TEVATRON_BACKEND picks ours
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
-import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { barChart } from './chart.ts';
 
-const quick = process.env.BENCH_QUICK === '1';
+const { values: opt } = parseArgs({ options: { quick: { type: 'boolean', default: false }, sections: { type: 'string', default: 'train,memory,encode,search,wasm' } } });
+const quick = opt.quick || process.env.BENCH_QUICK === '1';
+const sections = new Set(opt.sections.split(','));
 const backend = process.env.TEVATRON_BACKEND ?? 'auto';
-const shape = quick ? { layers: 2, hidden: 128, batch: 16 } : { layers: 4, hidden: 256, batch: 32 };
-const common = { n: 2, qlen: 32, plen: 128, steps: quick ? 2 : 3 };
+type Figures = Record<string, number | string | null>;
+type Args = Record<string, string | number>;
 
-function ours(extra: Record<string, string | number>): Record<string, number | string> {
-  const args = Object.entries({ ...shape, ...common, ...extra, backend }).flatMap(([k, val]) => [`--${k}`, String(val)]);
-  const r = spawnSync(process.execPath, ['--import', 'tsx', 'bench/train_step.ts', ...args, '--json'], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`bench/train_step.ts ${args.join(' ')} failed:\n${r.stderr}`);
-  const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
-  console.log(`  ${out.shape} batch ${out.batch}${out.gradCache ? ` gc ${out.gradCache}` : ''} (${out.backend}): ${out.stepSeconds.toFixed(2)} s/step, ${out.samplesPerSecond.toFixed(1)} samples/s, MFU ${(100 * out.mfu).toFixed(0)}% of ${out.matmulPeakGflops.toFixed(0)} GFLOP/s, peak RSS ${out.peakRssMB.toFixed(0)} MB`);
-  return out;
+const flags = (a: Args) => Object.entries(a).flatMap(([k, val]) => [`--${k}`, String(val)]);
+const lastJson = (out: string): Figures => JSON.parse(out.trim().split('\n').pop()!);
+
+/** bench/train_step.ts in a child process: one result per step kind of a.gc (one, unless it lists several). */
+function ours(a: Args): Figures[] {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'bench/train_step.ts', ...flags({ backend, ...a }), '--json'], { encoding: 'utf8' });
+  if (r.status !== 0) {
+    const error = (r.stderr.trim().split('\n').find((l) => /Error|abort/i.test(l)) ?? `exit ${r.status ?? r.signal}`).slice(0, 160);
+    return String(a.gc ?? 'none').split(',').map(() => ({ error }));
+  }
+  return JSON.parse(r.stdout.trim().split('\n').pop()!);
 }
 
 function torchPython(): string | null {
@@ -26,35 +34,123 @@ function torchPython(): string | null {
   }
   return null;
 }
-
-const results: Record<string, unknown> = { date: new Date().toISOString(), quick };
-console.log(`train step, ${shape.layers} layers / hidden ${shape.hidden}, batch ${shape.batch} x ${common.n}, lengths ${common.qlen}/${common.plen}:`);
-const plain = ours({});
-const cached = ours({ gc: `${shape.batch / 2}/${shape.batch / 2}` });
-results.plain = plain;
-results.gradCache = cached;
 const py = torchPython();
-if (py) {
-  const r = spawnSync(py, ['bench/torch_reference.py', ...Object.entries({ ...shape, ...common }).flatMap(([k, val]) => [`--${k}`, String(val)])], { encoding: 'utf8' });
-  if (r.status === 0) {
-    const t = JSON.parse(r.stdout.trim().split('\n').pop()!);
-    results.torch = t;
-    console.log(`  PyTorch ${t.torch} (${t.threads} threads): ${t.stepSeconds.toFixed(2)} s/step, ${t.samplesPerSecond.toFixed(1)} samples/s`);
-  } else console.log(`  PyTorch reference failed: ${r.stderr.trim().split('\n').pop()}`);
-} else console.log('  PyTorch reference skipped: no Python with torch and transformers (set TORCH_PYTHON)');
-
-console.log('peak memory (RSS), grad cache chunks 8/16:');
-const mem: Record<string, number> = {};
-for (const [batch, gc] of [[16, ''], [128, '8/16']] as const) {
-  const r = ours({ batch, gc, steps: 1 });
-  mem[`batch${batch}${gc ? '_gc' : ''}`] = r.peakRssMB as number;
+function torch(a: Args): Figures | null {
+  if (!py) return null;
+  const r = spawnSync(py, ['bench/torch_reference.py', ...flags(a)], { encoding: 'utf8' });
+  return r.status === 0 ? lastJson(r.stdout) : { error: r.stderr.trim().split('\n').pop() ?? 'failed' };
 }
-results.memory = mem;
 
-const ratio = (a: number, b: number) => (a / b).toFixed(2);
-console.log('\ntargets:');
-if (results.torch) console.log(`  throughput vs PyTorch (>= 1.0): ${ratio(plain.samplesPerSecond as number, (results.torch as { samplesPerSecond: number }).samplesPerSecond)}x`);
-console.log(`  grad-cache step / plain step (<= 1.25): ${ratio(cached.stepSeconds as number, plain.stepSeconds as number)}x`);
-console.log(`  peak RSS batch 128 with cache / batch 16 without (<= 1.2): ${ratio(mem.batch128_gc, mem.batch16)}x`);
+const num = (f: Figures | null, k: string) => (f && typeof f[k] === 'number' ? (f[k] as number) : null);
+const show = (label: string, f: Figures | null, rate = 'samplesPerSecond', rss: number | null = null) => {
+  if (!f) return;
+  if (f.error) return console.log(`  ${label}: ${f.error}`);
+  const mfu = num(f, 'mfu');
+  console.log(`  ${label.padEnd(28)} ${num(f, 'stepSeconds')!.toFixed(2).padStart(6)} s  ${num(f, rate)!.toFixed(1).padStart(7)} ${rate === 'samplesPerSecond' ? 'samples/s' : 'passages/s'}` +
+    (mfu !== null ? `  MFU ${(100 * mfu).toFixed(0)}% of ${num(f, 'matmulPeakGflops')!.toFixed(0)} GFLOP/s` : '') + (rss !== null ? `  peak RSS ${rss.toFixed(0)} MB` : ''));
+};
+const ratio = (a: number | null, b: number | null) => (a !== null && b !== null ? a / b : null);
+const fmtRatio = (x: number | null) => (x === null ? 'n/a' : `${x.toFixed(2)}x`);
+
+const results: Record<string, unknown> = { date: new Date().toISOString(), quick, torch: py ? 'same session' : 'not found (set TORCH_PYTHON)' };
+const targets: string[] = [];
+const head = { layers: 4, hidden: 256, batch: 32, n: 2, qlen: 32, plen: 128 }; // the issue's headline shape
+
+if (sections.has('train')) {
+  const shapes = quick
+    ? [{ layers: 2, hidden: 128, batch: 16, n: 2, qlen: 32, plen: 64, steps: 2 }]
+    : [
+        { layers: 2, hidden: 128, batch: 32, n: 2, qlen: 32, plen: 128, steps: 5 },
+        { ...head, steps: 5 },
+        { layers: 12, hidden: 768, batch: 16, n: 2, qlen: 32, plen: 64, steps: 3 },
+      ];
+  const train: Record<string, unknown>[] = [];
+  for (const s of shapes) {
+    const name = `L${s.layers}/H${s.hidden} b${s.batch}×${s.n} ${s.qlen}/${s.plen}`;
+    console.log(`train step, ${name}:`);
+    const half = `${s.batch / 2}/${s.batch * s.n / 2}`;
+    const quarter = `${s.batch / 4}/${s.batch * s.n / 4}`;
+    // one process, the three step kinds taking turns: their ratios hold under the same load
+    const [plain, gcHalf, gcQuarter] = ours({ ...s, gc: `none,${half},${quarter}` });
+    const row = { shape: name, plain, gcHalf, gcQuarter, torch: torch(s) };
+    show('plain', row.plain);
+    show(`grad cache ${half}`, row.gcHalf);
+    show(`grad cache ${quarter}`, row.gcQuarter);
+    show('PyTorch', row.torch);
+    train.push(row);
+  }
+  results.train = train;
+  const h = train[quick ? 0 : 1] as Record<string, Figures>;
+  targets.push(`throughput vs PyTorch, ${h.shape} (>= 1.0): ${fmtRatio(ratio(num(h.plain, 'samplesPerSecond'), num(h.torch, 'samplesPerSecond')))}`);
+  targets.push(`grad-cache step / plain step, chunks of half the rows (<= 1.25): ${fmtRatio(ratio(num(h.gcHalf, 'stepSeconds'), num(h.plain, 'stepSeconds')))}; a quarter: ${fmtRatio(ratio(num(h.gcQuarter, 'stepSeconds'), num(h.plain, 'stepSeconds')))}`);
+  const chart = barChart(
+    `train step throughput (${train[0] && (train[0] as Record<string, Figures>).plain.backend}; PyTorch ${py ? 'same session' : 'absent'})`,
+    'samples / s',
+    ['tevatron-ts', 'tevatron-ts, grad cache (½ chunks)', 'PyTorch 2 threads'],
+    train.map((r) => ({ label: r.shape as string, values: [num(r.plain as Figures, 'samplesPerSecond'), num(r.gcHalf as Figures, 'samplesPerSecond'), num(r.torch as Figures | null, 'samplesPerSecond')] })),
+  );
+  if (!quick) {
+    mkdirSync('docs', { recursive: true });
+    writeFileSync('docs/bench.svg', chart);
+  }
+}
+
+if (sections.has('memory')) {
+  console.log(`peak memory (RSS), L${head.layers}/H${head.hidden}, grad cache chunks 8/16:`);
+  const mem: Record<string, number | null> = {};
+  const runs: [number, string][] = quick ? [[16, ''], [32, '8/16']] : [[16, ''], [32, ''], [64, ''], [16, '8/16'], [32, '8/16'], [64, '8/16'], [128, '8/16']];
+  for (const [batch, gc] of runs) {
+    const [r] = ours({ ...head, batch, steps: 1, gc: gc || 'none' });
+    const key = `batch${batch}${gc ? '_gc' : ''}`;
+    mem[key] = num(r, 'peakRssMB');
+    console.log(`  batch ${String(batch).padStart(3)} ${gc ? 'grad cache' : 'plain     '}  ${r.error ?? `${mem[key]!.toFixed(0)} MB, ${num(r, 'stepSeconds')!.toFixed(2)} s/step`}`);
+  }
+  results.memory = mem;
+  const big = quick ? mem.batch32_gc : mem.batch128_gc;
+  targets.push(`peak RSS batch ${quick ? 32 : 128} with cache / batch 16 without (<= 1.2): ${fmtRatio(ratio(big, mem.batch16))}`);
+}
+
+if (sections.has('encode')) {
+  console.log('encode (no dropout), batch 64 × 128 tokens:');
+  const shapes = quick ? [{ layers: 2, hidden: 128 }] : [{ layers: 4, hidden: 256 }, { layers: 12, hidden: 768 }];
+  const enc = shapes.map((s) => {
+    const a = { ...s, batch: 64, plen: 128, steps: 3, mode: 'encode' };
+    const row = { shape: `L${s.layers}/H${s.hidden}`, ours: ours(a)[0], torch: torch(a) };
+    show(`${row.shape} tevatron-ts`, row.ours, 'passagesPerSecond', num(row.ours, 'peakRssMB'));
+    show(`${row.shape} PyTorch`, row.torch, 'passagesPerSecond');
+    return row;
+  });
+  results.encode = enc;
+}
+
+if (sections.has('search')) {
+  const a = quick ? { passages: 20000, queries: 256 } : { passages: 100000, queries: 1024 };
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'bench/search.ts', ...flags({ backend, ...a }), '--json'], { encoding: 'utf8' });
+  const s = r.status === 0 ? lastJson(r.stdout) : { error: r.stderr.trim().split('\n').pop() ?? 'failed' };
+  results.search = s;
+  console.log(`search: ${s.error ?? `${(s.queriesPerSecond as number).toFixed(0)} queries/s over ${s.passages} × ${s.dim}, depth ${s.depth}`}`);
+}
+
+if (sections.has('wasm')) {
+  // the wasm backend uses one core per process: two processes (one per core, as `launch --nproc_per_node 2`
+  // runs them) against one, on the same step (the all-reduce between them is measured by bench/allreduce.ts)
+  const a = { backend: 'wasm', layers: 2, hidden: 128, batch: 16, n: 2, qlen: 32, plen: 64, steps: quick ? 2 : 3 };
+  const run = () =>
+    new Promise<Figures>((resolve) => {
+      const child = spawn(process.execPath, ['--import', 'tsx', 'bench/train_step.ts', ...flags(a), '--json'], { stdio: ['ignore', 'pipe', 'ignore'] });
+      let out = '';
+      child.stdout.on('data', (d) => (out += d));
+      child.on('close', (code) => resolve(code === 0 ? JSON.parse(out.trim().split('\n').pop()!)[0] : { error: `exit ${code}` }));
+    });
+  const one = await run();
+  const two = await Promise.all([run(), run()]);
+  const single = num(one, 'samplesPerSecond');
+  const both = two.every((t) => num(t, 'samplesPerSecond') !== null) ? two.reduce((acc, t) => acc + num(t, 'samplesPerSecond')!, 0) : null;
+  results.wasmProcesses = { one, two };
+  console.log(`wasm, L2/H128 b16×2 32/64: one process ${single?.toFixed(2) ?? one.error} samples/s; two at once ${both?.toFixed(2) ?? 'failed'} samples/s in all (${fmtRatio(ratio(both, single))})`);
+}
+
+if (targets.length) console.log(`\ntargets:\n${targets.map((t) => `  ${t}`).join('\n')}`);
+results.targets = targets;
 mkdirSync('bench/results', { recursive: true });
-writeFileSync(path.join('bench/results', 'latest.json'), JSON.stringify(results, null, 2) + '\n');
+writeFileSync('bench/results/latest.json', JSON.stringify(results, null, 2) + '\n');

@@ -318,6 +318,12 @@ export function bertForward(config: BertConfig, params: ParamMap, batch: TokenBa
     // [rows, L, H] -> [rows, heads, L, headSize]; rows stay first so dropout masks follow the example
     const splitHeads = (x: tf.Tensor) => tf.transpose(tf.reshape(x, [rows, L, heads, headSize]), [0, 2, 1, 3]);
     for (let i = 0; i < config.num_hidden_layers; i++) {
+      // a scope per layer: its intermediates go when it ends (the tape keeps what backward needs)
+      h = tf.tidy(() => layer(i, h));
+    }
+    return h;
+
+    function layer(i: number, h: tf.Tensor3D): tf.Tensor3D {
       const l = `encoder.layer.${i}.`;
       const dense = (x: tf.Tensor3D, name: string) => linear(x, P<tf.Tensor2D>(`${l}${name}.weight`), P<tf.Tensor1D>(`${l}${name}.bias`));
       // scaling q instead of the scores: [rows, L, H] is smaller than [rows, heads, L, L]
@@ -331,8 +337,7 @@ export function bertForward(config: BertConfig, params: ParamMap, batch: TokenBa
       const a = layerNorm(tf.add(attended, h) as tf.Tensor3D, P(`${l}attention.output.LayerNorm.weight`), P(`${l}attention.output.LayerNorm.bias`), config.layer_norm_eps);
       const inner = act(dense(a, 'intermediate.dense')) as tf.Tensor3D;
       const out = dropout(dense(inner, 'output.dense'), hiddenP, site(siteOf(i, 2)));
-      h = layerNorm(tf.add(out, a) as tf.Tensor3D, P(`${l}output.LayerNorm.weight`), P(`${l}output.LayerNorm.bias`), config.layer_norm_eps);
+      return layerNorm(tf.add(out, a) as tf.Tensor3D, P(`${l}output.LayerNorm.weight`), P(`${l}output.LayerNorm.bias`), config.layer_norm_eps);
     }
-    return h;
   });
 }
