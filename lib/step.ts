@@ -7,6 +7,7 @@ import { gradCacheStep } from './gradcache.ts';
 import { contrastiveLoss } from './loss.ts';
 import type { BiEncoder, ParamMap } from './model/types.ts';
 import { foldIn, type DropoutRng, type Key } from './random.ts';
+import { gradients } from './tape.ts';
 
 export interface TrainBatch {
   /** [B, q_max_len] */
@@ -47,7 +48,7 @@ export function sideRng(opts: StepOptions, side: 0 | 1, rows: number, start = 0)
 export function paramGradients(params: ParamMap, f: () => tf.Tensor, dy?: tf.Tensor, inputs: tf.Tensor[] = []): { value: tf.Tensor; grads: ParamMap; inputGrads: tf.Tensor[] } {
   const names = Object.keys(params);
   const xs = [...names.map((k) => params[k]), ...inputs];
-  const { value, grads } = tf.engine().gradients(f, xs, dy, true);
+  const { value, grads } = gradients(f, xs, dy);
   const out: ParamMap = {};
   names.forEach((k, i) => (out[k] = grads[i] ?? tf.zerosLike(xs[i])));
   const inputGrads = inputs.map((t, i) => grads[names.length + i] ?? tf.zerosLike(t));
