@@ -9,7 +9,7 @@ export interface BarGroup {
 const COLORS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#9467bd', '#8c564b'];
 
 export function barChart(title: string, yLabel: string, series: string[], groups: BarGroup[], width = 640, height = 300): string {
-  const pad = { l: 56, r: 12, t: 40, b: 44 };
+  const pad = { l: 56, r: 12, t: 52, b: 44 };
   const max = Math.max(...groups.flatMap((g) => g.values.filter((x): x is number => x !== null)), 1e-9);
   const plotW = width - pad.l - pad.r;
   const plotH = height - pad.t - pad.b;
@@ -24,9 +24,10 @@ export function barChart(title: string, yLabel: string, series: string[], groups
     `<text x="14" y="${pad.t + plotH / 2}" transform="rotate(-90 14 ${pad.t + plotH / 2})" text-anchor="middle">${yLabel}</text>`,
     `<line x1="${pad.l}" x2="${width - pad.r}" y1="${Y(0)}" y2="${Y(0)}" stroke="#999"/>`,
   ];
+  let x = pad.l;
   series.forEach((s, i) => {
-    const x = pad.l + i * 150;
     parts.push(`<rect x="${x}" y="24" width="10" height="10" fill="${COLORS[i % COLORS.length]}"/><text x="${x + 14}" y="33">${s}</text>`);
+    x += 30 + 6.2 * s.length; // about 6.2 px per character at 11 px
   });
   groups.forEach((g, gi) => {
     const x0 = pad.l + gi * groupW + groupW * 0.1;

@@ -3,12 +3,13 @@
 // (TORCH_PYTHON, else ./.venv or /work/venv). Prints the figures and the target ratios, writes
 // bench/results/latest.json and the README's chart docs/bench.svg.
 //   npm run bench [-- --quick] [--sections train,memory,encode,search,wasm]    TEVATRON_BACKEND picks ours
+//   npm run bench -- --chart    redraws docs/bench.svg from bench/results/latest.json
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { barChart } from './chart.ts';
 
-const { values: opt } = parseArgs({ options: { quick: { type: 'boolean', default: false }, sections: { type: 'string', default: 'train,memory,encode,search,wasm' } } });
+const { values: opt } = parseArgs({ options: { quick: { type: 'boolean', default: false }, chart: { type: 'boolean', default: false }, sections: { type: 'string', default: 'train,memory,encode,search,wasm' } } });
 const quick = opt.quick || process.env.BENCH_QUICK === '1';
 const sections = new Set(opt.sections.split(','));
 const backend = process.env.TEVATRON_BACKEND ?? 'auto';
@@ -35,10 +36,12 @@ function torchPython(): string | null {
   return null;
 }
 const py = torchPython();
-function torch(a: Args): Figures | null {
+/** bench/torch_reference.py: one result per step kind of a.gc, or null without a PyTorch. */
+function torch(a: Args): Figures[] | null {
   if (!py) return null;
   const r = spawnSync(py, ['bench/torch_reference.py', ...flags(a)], { encoding: 'utf8' });
-  return r.status === 0 ? lastJson(r.stdout) : { error: r.stderr.trim().split('\n').pop() ?? 'failed' };
+  if (r.status === 0) return JSON.parse(r.stdout.trim().split('\n').pop()!);
+  return String(a.gc ?? 'none').split(',').map(() => ({ error: r.stderr.trim().split('\n').pop() ?? 'failed' }));
 }
 
 const num = (f: Figures | null, k: string) => (f && typeof f[k] === 'number' ? (f[k] as number) : null);
@@ -49,8 +52,29 @@ const show = (label: string, f: Figures | null, rate = 'samplesPerSecond', rss: 
   console.log(`  ${label.padEnd(28)} ${num(f, 'stepSeconds')!.toFixed(2).padStart(6)} s  ${num(f, rate)!.toFixed(1).padStart(7)} ${rate === 'samplesPerSecond' ? 'samples/s' : 'passages/s'}` +
     (mfu !== null ? `  MFU ${(100 * mfu).toFixed(0)}% of ${num(f, 'matmulPeakGflops')!.toFixed(0)} GFLOP/s` : '') + (rss !== null ? `  peak RSS ${rss.toFixed(0)} MB` : ''));
 };
-const ratio = (a: number | null, b: number | null) => (a !== null && b !== null ? a / b : null);
 const fmtRatio = (x: number | null) => (x === null ? 'n/a' : `${x.toFixed(2)}x`);
+
+const ratio = (a: number | null, b: number | null) => (a !== null && b !== null ? a / b : null);
+
+/** docs/bench.svg: train-step throughput relative to PyTorch's plain step of each shape (the targets' ratios). */
+function writeChart(train: Record<string, unknown>[]): void {
+  const svg = barChart(
+    `train-step throughput relative to PyTorch's plain step (${(train[0] as Record<string, Figures>).plain.backend}, 2 cores, same session)`,
+    '× PyTorch plain step',
+    ['tevatron-ts', 'tevatron-ts, grad cache ½', 'PyTorch', 'PyTorch, grad cache ½'],
+    train.map((r) => {
+      const base = num(r.torch as Figures | null, 'samplesPerSecond');
+      return { label: r.shape as string, values: (['plain', 'gcHalf', 'torch', 'torchGcHalf'] as const).map((k) => ratio(num(r[k] as Figures | null, 'samplesPerSecond'), base)) };
+    }),
+  );
+  mkdirSync('docs', { recursive: true });
+  writeFileSync('docs/bench.svg', svg);
+}
+
+if (opt.chart) {
+  writeChart(JSON.parse(readFileSync('bench/results/latest.json', 'utf8')).train);
+  process.exit(0);
+}
 
 const results: Record<string, unknown> = { date: new Date().toISOString(), quick, torch: py ? 'same session' : 'not found (set TORCH_PYTHON)' };
 const targets: string[] = [];
@@ -71,28 +95,24 @@ if (sections.has('train')) {
     const half = `${s.batch / 2}/${s.batch * s.n / 2}`;
     const quarter = `${s.batch / 4}/${s.batch * s.n / 4}`;
     // one process, the three step kinds taking turns: their ratios hold under the same load
-    const [plain, gcHalf, gcQuarter] = ours({ ...s, gc: `none,${half},${quarter}` });
-    const row = { shape: name, plain, gcHalf, gcQuarter, torch: torch(s) };
+    const kinds = `none,${half},${quarter}`;
+    const [plain, gcHalf, gcQuarter] = ours({ ...s, gc: kinds });
+    const [torchPlain, torchHalf, torchQuarter] = torch({ ...s, gc: kinds }) ?? [null, null, null];
+    const row = { shape: name, plain, gcHalf, gcQuarter, torch: torchPlain, torchGcHalf: torchHalf, torchGcQuarter: torchQuarter };
     show('plain', row.plain);
     show(`grad cache ${half}`, row.gcHalf);
     show(`grad cache ${quarter}`, row.gcQuarter);
-    show('PyTorch', row.torch);
+    show('PyTorch plain', row.torch);
+    show(`PyTorch grad cache ${half}`, row.torchGcHalf);
+    show(`PyTorch grad cache ${quarter}`, row.torchGcQuarter);
     train.push(row);
   }
   results.train = train;
   const h = train[quick ? 0 : 1] as Record<string, Figures>;
   targets.push(`throughput vs PyTorch, ${h.shape} (>= 1.0): ${fmtRatio(ratio(num(h.plain, 'samplesPerSecond'), num(h.torch, 'samplesPerSecond')))}`);
-  targets.push(`grad-cache step / plain step, chunks of half the rows (<= 1.25): ${fmtRatio(ratio(num(h.gcHalf, 'stepSeconds'), num(h.plain, 'stepSeconds')))}; a quarter: ${fmtRatio(ratio(num(h.gcQuarter, 'stepSeconds'), num(h.plain, 'stepSeconds')))}`);
-  const chart = barChart(
-    `train step throughput (${train[0] && (train[0] as Record<string, Figures>).plain.backend}; PyTorch ${py ? 'same session' : 'absent'})`,
-    'samples / s',
-    ['tevatron-ts', 'tevatron-ts, grad cache (½ chunks)', 'PyTorch 2 threads'],
-    train.map((r) => ({ label: r.shape as string, values: [num(r.plain as Figures, 'samplesPerSecond'), num(r.gcHalf as Figures, 'samplesPerSecond'), num(r.torch as Figures | null, 'samplesPerSecond')] })),
-  );
-  if (!quick) {
-    mkdirSync('docs', { recursive: true });
-    writeFileSync('docs/bench.svg', chart);
-  }
+  const gcRatio = (gc: string, plain: string) => fmtRatio(ratio(num(h[gc], 'stepSeconds'), num(h[plain], 'stepSeconds')));
+  targets.push(`grad-cache step / plain step, chunks of half the rows (<= 1.25): ${gcRatio('gcHalf', 'plain')} (PyTorch ${gcRatio('torchGcHalf', 'torch')}); a quarter: ${gcRatio('gcQuarter', 'plain')} (PyTorch ${gcRatio('torchGcQuarter', 'torch')})`);
+  if (!quick) writeChart(train);
 }
 
 if (sections.has('memory')) {
@@ -115,7 +135,7 @@ if (sections.has('encode')) {
   const shapes = quick ? [{ layers: 2, hidden: 128 }] : [{ layers: 4, hidden: 256 }, { layers: 12, hidden: 768 }];
   const enc = shapes.map((s) => {
     const a = { ...s, batch: 64, plen: 128, steps: 3, mode: 'encode' };
-    const row = { shape: `L${s.layers}/H${s.hidden}`, ours: ours(a)[0], torch: torch(a) };
+    const row = { shape: `L${s.layers}/H${s.hidden}`, ours: ours(a)[0], torch: torch(a)?.[0] ?? null };
     show(`${row.shape} tevatron-ts`, row.ours, 'passagesPerSecond', num(row.ours, 'peakRssMB'));
     show(`${row.shape} PyTorch`, row.torch, 'passagesPerSecond');
     return row;
