@@ -3,7 +3,7 @@ import path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { rankFromEnv } from '../lib/dist/env.ts';
-import { launchWorkers } from '../lib/dist/launch.ts';
+import { hugePageTunables, launchWorkers } from '../lib/dist/launch.ts';
 import { freePort } from './helpers.ts';
 
 const worker = path.resolve('test/fixtures/dist_worker.ts');
@@ -68,12 +68,23 @@ test('the launcher sets torchrun variables; a failing worker stops the others an
   assert.is(ok.code, 0, out.join(''));
   assert.is(out.join('').split('\n').filter((l) => l.startsWith('{')).length, 3);
   const started = Date.now();
+  const tunables = process.env.GLIBC_TUNABLES;
+  process.env.GLIBC_TUNABLES = 'glibc.malloc.arena_max=2';
   const bad = await launchWorkers({
     nprocPerNode: 2, nnodes: 1, nodeRank: 0, masterAddr: '127.0.0.1', masterPort: await freePort(), pinGpus: true,
     script: path.resolve('test/fixtures/launch_worker.mjs'), args: ['fail-rank-1'], write: (_, s, t) => void out.push(t),
   });
-  assert.equal(bad.failure, { rank: 1, code: 7, signal: null, lastError: 'rank 1: something broke (CUDA_VISIBLE_DEVICES=1)' });
+  if (tunables === undefined) delete process.env.GLIBC_TUNABLES;
+  else process.env.GLIBC_TUNABLES = tunables;
+  // the worker's environment: its own GPU, and glibc's huge pages added to the caller's tunables
+  assert.equal(bad.failure, { rank: 1, code: 7, signal: null, lastError: 'rank 1: something broke (CUDA_VISIBLE_DEVICES=1, GLIBC_TUNABLES=glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1)' });
   assert.ok(Date.now() - started < 10_000, 'rank 0 (sleeping) was stopped');
+});
+
+test('huge pages join GLIBC_TUNABLES unless the caller chose glibc.malloc.hugetlb', () => {
+  assert.is(hugePageTunables(undefined), 'glibc.malloc.hugetlb=1');
+  assert.is(hugePageTunables('glibc.malloc.arena_max=2'), 'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1');
+  assert.is(hugePageTunables('glibc.malloc.hugetlb=0'), 'glibc.malloc.hugetlb=0');
 });
 
 test.run();
