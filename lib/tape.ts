@@ -57,9 +57,14 @@ export function gradients(f: () => tf.Tensor, xs: tf.Tensor[], dy?: tf.Tensor): 
     for (let i = tape.length - 1; i >= 0; i--) {
       const node = tape[i];
       if (!node.gradient) throw new Error(`Cannot compute gradient: gradient function not found for ${node.kernelName}.`);
-      const thunks = node.gradient(node.outputs.map((o) => acc.get(o.id) ?? null));
-      for (const [name, x] of Object.entries(node.inputs)) {
-        const dx = tf.tidy(() => thunks[name]());
+      const inputs = Object.entries(node.inputs);
+      // one scope for the node: a custom gradient's intermediates (and its gradients for pruned inputs) go at once
+      const dxs = tf.tidy(() => {
+        const thunks = node.gradient!(node.outputs.map((o) => acc.get(o.id) ?? null));
+        return inputs.map(([name]) => thunks[name]());
+      });
+      for (const [j, [, x]] of inputs.entries()) {
+        const dx = dxs[j];
         if (acc.has(x.id)) {
           const sum = tf.add(acc.get(x.id)!, dx);
           release(x.id);
