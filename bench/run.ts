@@ -17,7 +17,8 @@ type Figures = Record<string, number | string | null>;
 type Args = Record<string, string | number>;
 
 const flags = (a: Args) => Object.entries(a).flatMap(([k, val]) => [`--${k}`, String(val)]);
-const lastJson = (out: string): Figures => JSON.parse(out.trim().split('\n').pop()!);
+/** The JSON on the last line a benchmark printed. */
+const lastJson = <T = Figures>(out: string): T => JSON.parse(out.trim().split('\n').pop()!);
 
 /** bench/train_step.ts in a child process: one result per step kind of a.gc (one, unless it lists several). */
 function ours(a: Args): Figures[] {
@@ -26,7 +27,7 @@ function ours(a: Args): Figures[] {
     const error = (r.stderr.trim().split('\n').find((l) => /Error|abort/i.test(l)) ?? `exit ${r.status ?? r.signal}`).slice(0, 160);
     return String(a.gc ?? 'none').split(',').map(() => ({ error }));
   }
-  return JSON.parse(r.stdout.trim().split('\n').pop()!);
+  return lastJson<Figures[]>(r.stdout);
 }
 
 function torchPython(): string | null {
@@ -40,7 +41,7 @@ const py = torchPython();
 function torch(a: Args): Figures[] | null {
   if (!py) return null;
   const r = spawnSync(py, ['bench/torch_reference.py', ...flags(a)], { encoding: 'utf8' });
-  if (r.status === 0) return JSON.parse(r.stdout.trim().split('\n').pop()!);
+  if (r.status === 0) return lastJson<Figures[]>(r.stdout);
   return String(a.gc ?? 'none').split(',').map(() => ({ error: r.stderr.trim().split('\n').pop() ?? 'failed' }));
 }
 
@@ -160,7 +161,7 @@ if (sections.has('wasm')) {
       const child = spawn(process.execPath, ['--import', 'tsx', 'bench/train_step.ts', ...flags(a), '--json'], { stdio: ['ignore', 'pipe', 'ignore'] });
       let out = '';
       child.stdout.on('data', (d) => (out += d));
-      child.on('close', (code) => resolve(code === 0 ? JSON.parse(out.trim().split('\n').pop()!)[0] : { error: `exit ${code}` }));
+      child.on('close', (code) => resolve(code === 0 ? lastJson<Figures[]>(out)[0] : { error: `exit ${code}` }));
     });
   const one = await run();
   const two = await Promise.all([run(), run()]);
