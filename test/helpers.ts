@@ -1,6 +1,7 @@
 // Shared test setup: start the backend named by TEVATRON_BACKEND (the runner sets it), small random
 // batches, and comparisons of parameter maps.
 import * as tf from '@tensorflow/tfjs';
+import { test } from 'uvu';
 import { initBackend } from '../lib/backend.ts';
 import { collateGroups, type SpecialTokens } from '../lib/data/collator.ts';
 import type { Group } from '../lib/data/sample.ts';
@@ -83,4 +84,14 @@ export async function freePort(): Promise<number> {
       server.close(() => resolve(port));
     });
   });
+}
+
+/**
+ * `test(name, fn)`, or, when `skipReason` is a string (data, Python or a tool absent here), a test that
+ * uvu counts as skipped, with the reason printed: a test that cannot run is never counted as passed.
+ */
+export function testUnless(skipReason: string | null, name: string, fn: () => unknown): void {
+  if (skipReason === null) return test(name, fn as () => void);
+  console.log(`  (skipped: ${name}: ${skipReason})`);
+  test.skip(name, fn as () => void);
 }

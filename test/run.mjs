@@ -1,5 +1,5 @@
 // `npm test`: runs the uvu suite once per backend (the same specs on each, as tfjs does), then prints
-// one closing line `N passed, M failed` summed over backends. Extra arguments are passed to uvu as its
+// one closing line `N passed, M failed, K skipped` summed over backends. Extra arguments are passed to uvu as its
 // file pattern, e.g. `npm test -- gradcache`. The backends are tensorflow (when its binding loads: see
 // `npm run setup:tensorflow`), wasm and cpu; TEVATRON_TEST_BACKENDS=wasm,cpu picks them instead.
 import { spawnSync } from 'node:child_process';
@@ -61,5 +61,5 @@ for (const backend of backends) {
   skipped += count('Skipped') || 0;
   if (run.status !== 0 && total === count('Passed')) failed += 1;
 }
-console.log(`${passed} passed, ${failed} failed${skipped ? `, ${skipped} skipped` : ''}`);
+console.log(`${passed} passed, ${failed} failed, ${skipped} skipped`);
 process.exit(failed > 0 ? 1 : 0);
