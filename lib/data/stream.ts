@@ -21,6 +21,8 @@ export interface LineBlock {
   bytes: Buffer;
   firstLine: number;
   lines: number;
+  /** Bytes of the file (compressed, for .gz) read when the block was complete: for progress. */
+  read: number;
 }
 
 export interface Line {
@@ -41,17 +43,13 @@ const NEWLINE = 0x0a;
 export const isParquet = (file: string): boolean => file.endsWith('.parquet');
 const isGzip = (file: string): boolean => file.endsWith('.gz');
 
-/** The file's bytes (gunzipped for .gz) in chunks of about `chunkSize`. */
-function byteStream(file: string, chunkSize: number): Readable {
+/** The file's bytes (gunzipped for .gz) in chunks of about `chunkSize`, each with how far into the file (compressed bytes) it has read. */
+async function* chunks(file: string, chunkSize: number): AsyncGenerator<{ chunk: Buffer; read: number }> {
   const raw = createReadStream(file, { highWaterMark: chunkSize });
-  if (!isGzip(file)) return raw;
   // pipeline destroys both streams when either fails or the reader stops early; errors reach the reader
-  return pipeline(raw, createGunzip({ chunkSize: Math.max(64, chunkSize) }), () => {});
-}
-
-async function* chunks(file: string, chunkSize: number): AsyncGenerator<Buffer> {
+  const stream: Readable = isGzip(file) ? pipeline(raw, createGunzip({ chunkSize: Math.max(64, chunkSize) }), () => {}) : raw;
   try {
-    for await (const chunk of byteStream(file, chunkSize)) yield chunk as Buffer;
+    for await (const chunk of stream) yield { chunk: chunk as Buffer, read: raw.bytesRead };
   } catch (e) {
     throw new Error(`${file}: cannot read (${(e as Error).message})`);
   }
@@ -70,7 +68,10 @@ function countNewlines(bytes: Buffer): number {
 export async function* readLineBlocks(file: string, o: StreamOptions = {}): AsyncGenerator<LineBlock> {
   let pending: Buffer[] = []; // the start of a line whose newline has not been read yet
   let line = 1;
-  for await (const chunk of chunks(file, o.chunkSize ?? MiB)) {
+  let read = 0;
+  for await (const c of chunks(file, o.chunkSize ?? MiB)) {
+    const chunk = c.chunk;
+    read = c.read;
     const last = chunk.lastIndexOf(NEWLINE);
     if (last < 0) {
       pending.push(chunk);
@@ -80,10 +81,10 @@ export async function* readLineBlocks(file: string, o: StreamOptions = {}): Asyn
     const bytes = pending.length > 0 ? Buffer.concat([...pending, head]) : head;
     pending = last + 1 < chunk.length ? [Buffer.from(chunk.subarray(last + 1))] : [];
     const lines = countNewlines(head);
-    yield { file, bytes, firstLine: line, lines };
+    yield { file, bytes, firstLine: line, lines, read };
     line += lines;
   }
-  if (pending.length > 0) yield { file, bytes: Buffer.concat(pending), firstLine: line, lines: 1 };
+  if (pending.length > 0) yield { file, bytes: Buffer.concat(pending), firstLine: line, lines: 1, read };
 }
 
 /** The lines of a block, decoded (a trailing CR dropped, a UTF-8 byte order mark at the file's start dropped). */
@@ -117,7 +118,7 @@ export function parseLine(file: string, l: Line): Row {
 
 /** Whether the file's content (gunzipped) starts with `[`: a JSON array rather than JSON Lines. */
 export async function isJsonArray(file: string, o: StreamOptions = {}): Promise<boolean> {
-  for await (const chunk of chunks(file, Math.min(o.chunkSize ?? 64 * 1024, 64 * 1024))) {
+  for await (const { chunk } of chunks(file, Math.min(o.chunkSize ?? 64 * 1024, 64 * 1024))) {
     const text = chunk.toString('latin1').replace(/^\uFEFF|^\xEF\xBB\xBF/, '').trimStart();
     if (text.length > 0) return text.startsWith('[');
   }
@@ -129,7 +130,7 @@ async function* arrayRows(file: string, o: StreamOptions): AsyncGenerator<Row> {
   const limit = o.maxArrayBytes ?? 256 * MiB;
   const parts: Buffer[] = [];
   let size = 0;
-  for await (const chunk of chunks(file, o.chunkSize ?? MiB)) {
+  for await (const { chunk } of chunks(file, o.chunkSize ?? MiB)) {
     size += chunk.length;
     if (size > limit) {
       throw new Error(`${file}: a JSON array over ${Math.round(limit / MiB)} MB cannot be read whole; convert it to JSON Lines (one row per line), e.g. jq -c '.[]' ${file} > ${file.replace(/\.json(\.gz)?$/, '')}.jsonl`);
