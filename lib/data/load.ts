@@ -28,25 +28,30 @@ export function listDataFiles(p: string, flag = 'train_dir'): string[] {
 /** Above this, readRows refuses a file (V8 caps a string at 512 MB): larger files are streamed. */
 export const READ_ROWS_LIMIT = 256 * 1024 * 1024;
 
-function tooLarge(file: string): Error {
-  return new Error(`${file}: over ${READ_ROWS_LIMIT / 2 ** 20} MB, too large to read at once; stream it (streamRows in lib/data/stream.ts), or split it into smaller files`);
+function tooLarge(file: string, limit: number): Error {
+  return new Error(`${file}: over ${Math.round(limit / 2 ** 20)} MB, too large to read at once; stream it (streamRows in lib/data/stream.ts), or split it into smaller files`);
 }
 
 /**
  * Rows of one small file, read at once, with their line numbers (1-based; for a JSON array, the element
  * index + 1). Files over READ_ROWS_LIMIT are refused: streamRows reads any size.
  */
-export function readRows(file: string): { row: unknown; where: string }[] {
+export function readRows(file: string, limit = READ_ROWS_LIMIT): { row: unknown; where: string }[] {
   if (isParquet(file)) throw new Error(`${file}: a parquet file; read it with readDataRows (async)`);
+  const cannotRead = (e: unknown) => new Error(`${file}: cannot read (${(e as Error).message})`);
+  let size: number;
+  try {
+    size = statSync(file).size;
+  } catch (e) {
+    throw cannotRead(e);
+  }
+  if (size > limit) throw tooLarge(file, limit);
   let text: string;
   try {
-    if (statSync(file).size > READ_ROWS_LIMIT) throw tooLarge(file);
     const bytes = readFileSync(file);
-    text = (file.endsWith('.gz') ? gunzipSync(bytes, { maxOutputLength: READ_ROWS_LIMIT }) : bytes).toString('utf8');
+    text = (file.endsWith('.gz') ? gunzipSync(bytes, { maxOutputLength: limit }) : bytes).toString('utf8');
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') throw tooLarge(file);
-    if ((e as Error).message.startsWith(`${file}: over`)) throw e;
-    throw new Error(`${file}: cannot read (${(e as Error).message})`);
+    throw (e as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE' ? tooLarge(file, limit) : cannotRead(e);
   }
   if (text.trimStart().startsWith('[')) {
     let rows: unknown[];
