@@ -77,7 +77,7 @@ await runScript('train', async () => {
     cacheDir: a.cache_dir ? path.join(a.cache_dir as string, 'tevatron_ts_tokenized') : defaultTokenizedCacheDir(),
     procNum: a.dataset_proc_num as number,
     onProgress: (done, total) => drawBar('tokenizing (MB)', Math.round(done / 1e6), Math.round(total / 1e6), (performance.now() - started) / 1e3 / Math.max(1, done / 1e6)),
-    onWait: (lock) => say(`waiting for another process tokenizing the same data (${lock})`),
+    onWait: (lock) => say(`waiting for another process tokenizing the same data (lock ${lock}; delete it if no such process runs)`),
   });
   if (group.worldSize > 1 && main) await group.barrier();
   const examples = data.examples;

@@ -88,7 +88,7 @@ export async function* readLineBlocks(file: string, o: StreamOptions = {}): Asyn
 }
 
 /** The lines of a block, decoded (a trailing CR dropped, a UTF-8 byte order mark at the file's start dropped). */
-export function* blockLines(block: LineBlock): Generator<Line> {
+export function* blockLines(block: Pick<LineBlock, 'bytes' | 'firstLine'>): Generator<Line> {
   const { bytes } = block;
   let line = block.firstLine;
   for (let start = 0; start < bytes.length; line++) {

@@ -84,7 +84,7 @@ export async function tokenizeTask(task: TokenizeTask, ctx: TaskContext): Promis
   const add = ({ row, where }: Row) => packer.add(toTrainExample(row, where, ctx.o), where);
   if (task.kind === 'lines') {
     const bytes = Buffer.from(task.bytes.buffer, task.bytes.byteOffset, task.bytes.byteLength);
-    for (const l of blockLines({ file: task.file, bytes, firstLine: task.firstLine, lines: 0, read: 0 })) if (l.text.trim() !== '') add(parseLine(task.file, l));
+    for (const l of blockLines({ bytes, firstLine: task.firstLine })) if (l.text.trim() !== '') add(parseLine(task.file, l));
   } else if (task.kind === 'rows') {
     task.rows.forEach(add);
   } else {
