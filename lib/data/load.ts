@@ -10,7 +10,6 @@ import { isParquet, parseLine, streamRows } from './stream.ts';
 
 const DATA_FILE = /\.(json|jsonl)(\.gz)?$|\.parquet$/;
 
-
 /** The data files of --train_dir: the file itself, or the directory's *.json/*.jsonl(.gz)/*.parquet, sorted (no recursion). */
 export function listDataFiles(p: string, flag = 'train_dir'): string[] {
   let st;
@@ -159,7 +158,7 @@ export function loadTrainExamples(files: string[], o: ExampleOptions): TrainExam
 /** Every example of the given files, parquet included. */
 export async function loadTrainExamplesAsync(files: string[], o: ExampleOptions): Promise<TrainExample[]> {
   const out: TrainExample[] = [];
-  for (const f of files) for (const { row, where } of await readDataRows(f)) out.push(toTrainExample(row, where, o));
+  for (const f of files) for await (const { row, where } of streamRows(f)) out.push(toTrainExample(row, where, o));
   return out;
 }
 
