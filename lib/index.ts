@@ -8,7 +8,7 @@ export { fullBatchStep, paramGradients, accumulate, sideRng, type StepOptions, t
 export { gradCacheStep, type GradCacheOptions } from './gradcache.ts';
 export { singleProcessGroup, localProcessGroups, type ProcessGroup, type ReduceOp } from './dist/group.ts';
 export { allReduceParams, broadcastParams, flattenParams, unflattenParams } from './dist/tensors.ts';
-export { sampleGroup, type TrainExample, type Group, type SampleOptions } from './data/sample.ts';
+export { sampleGroup, arraySource, type TrainExample, type TrainSource, type Group, type SampleOptions } from './data/sample.ts';
 export { collateGroups, collateSequences, rowSlice, type TokenBatch, type SpecialTokens, type CollateOptions } from './data/collator.ts';
 export { PyRandom } from './data/pyrandom.ts';
 export { bagBiEncoder, initBagParams, maskedMean, batchTensors, type BagConfig } from './model/bag.ts';
@@ -38,5 +38,7 @@ export { reportHtml } from './report.ts';
 export { writeModel, writeCheckpoint, readCheckpoint, listCheckpoints, type SavedModel, type TrainerState } from './outputs.ts';
 export { resolveDataset, parseDatasetName } from './data/hub-dataset.ts';
 export { loadTrainData } from './data/tokenized.ts';
+export { openStore, type TokenizedStore } from './data/store.ts';
+export { readLines, streamRows } from './data/stream.ts';
 export { checkExamples } from './data/sample.ts';
 export { exampleOptionsFromArgs, modelRequestFromArgs } from './model/pretrained.ts';

@@ -5,7 +5,7 @@
 import type { SpecialTokens } from './data/collator.ts';
 import { collateGroups } from './data/collator.ts';
 import { epochBatches, stepsPerEpoch } from './data/sampler.ts';
-import { checkExamples, sampleGroup, type TrainExample } from './data/sample.ts';
+import { asSource, checkExamples, sampleGroup, type TrainExample, type TrainSource } from './data/sample.ts';
 import type { BiEncoder } from './model/types.ts';
 import { warmupSteps } from './optim.ts';
 import { trainStep, type TrainConfig, type TrainState } from './train.ts';
@@ -63,25 +63,26 @@ export function schedulePlan(numExamples: number, o: LoopOptions, worldSize = 1)
 export async function trainLoop(
   model: BiEncoder,
   state: TrainState,
-  examples: TrainExample[],
+  examples: readonly TrainExample[] | TrainSource,
   o: LoopOptions,
   cfg: Omit<TrainConfig, 'totalSteps' | 'warmupSteps'>,
   hooks: LoopHooks = {},
 ): Promise<TrainState> {
   const W = cfg.group?.worldSize ?? 1;
   const rank = cfg.group?.rank ?? 0;
-  checkExamples(examples, o.nPassages); // fail now, not at the step that samples the bad example
-  const plan = schedulePlan(examples.length, o, W);
+  const source = asSource(examples); // the tokenized store reads each batch's rows from disk when asked
+  checkExamples(source, o.nPassages); // fail now, not at the step that samples the bad example
+  const plan = schedulePlan(source.length, o, W);
   const full: TrainConfig = { ...cfg, totalSteps: plan.total, warmupSteps: plan.warmup };
   const accum = o.gradientAccumulationSteps;
   let window = { loss: 0, steps: 0, seconds: 0 }; // seconds spent in steps, not in hooks (evaluation, saving)
   for (let step = state.optimizer.step; step < plan.total; ) {
     const epoch = Math.floor(step / plan.perEpoch);
-    const batches = epochBatches(examples.length, { batchSize: o.batchSize, seed: o.seed, epoch, rank, worldSize: W });
+    const batches = epochBatches(source.length, { batchSize: o.batchSize, seed: o.seed, epoch, rank, worldSize: W });
     for (let k = (step % plan.perEpoch) * accum; k + accum <= batches.length && step < plan.total; k += accum) {
       const micro = batches.slice(k, k + accum).map((idx) =>
         collateGroups(
-          idx.map((i) => sampleGroup(examples[i], i, { nPassages: o.nPassages, seed: o.seed, epoch, positiveNoShuffle: o.positiveNoShuffle, negativeNoShuffle: o.negativeNoShuffle })),
+          idx.map((i) => sampleGroup(source.get(i), i, { nPassages: o.nPassages, seed: o.seed, epoch, positiveNoShuffle: o.positiveNoShuffle, negativeNoShuffle: o.negativeNoShuffle })),
           { qMaxLen: o.qMaxLen, pMaxLen: o.pMaxLen, special: o.special },
         ),
       );

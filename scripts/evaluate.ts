@@ -2,7 +2,7 @@
 // answer accuracy from the queries' answers and the passages' text. Prints a table; --save_json too.
 import { renameSync, writeFileSync } from 'node:fs';
 import { runScript, scriptArgs } from '../lib/cli.ts';
-import { readRows } from '../lib/data/load.ts';
+import { streamRows } from '../lib/data/stream.ts';
 import { hasAnswer, parseQrels, parseRun, rankingMetrics, topkAccuracy } from '../lib/metrics.ts';
 
 await runScript('evaluate', async () => {
@@ -11,14 +11,16 @@ await runScript('evaluate', async () => {
   const results: Record<string, number> = {};
   if (a.qrels) Object.assign(results, rankingMetrics(run, parseQrels(a.qrels as string)));
   if (a.queries) {
+    // the corpus is streamed, keeping only the passages the run ranks (the full NQ corpus is 13 GB)
+    const ranked = new Set([...run.values()].flat());
     const text = new Map<string, string>();
-    for (const { row, where } of readRows(a.corpus as string)) {
+    for await (const { row, where } of streamRows(a.corpus as string)) {
       const r = row as { docid?: unknown; text?: unknown };
       if (r.docid === undefined || typeof r.text !== 'string') throw new Error(`${where}: a passage needs "docid" and a string "text"`);
-      text.set(String(r.docid), r.text);
+      if (ranked.has(String(r.docid))) text.set(String(r.docid), r.text);
     }
     const matrix: boolean[][] = [];
-    for (const { row, where } of readRows(a.queries as string)) {
+    for await (const { row, where } of streamRows(a.queries as string)) {
       const q = row as { query_id?: unknown; answers?: unknown };
       if (q.query_id === undefined || !Array.isArray(q.answers)) throw new Error(`${where}: a query needs "query_id" and a list "answers"`);
       matrix.push((run.get(String(q.query_id)) ?? []).map((d) => hasAnswer(q.answers as string[], text.get(d) ?? '')));

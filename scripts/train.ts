@@ -76,13 +76,14 @@ await runScript('train', async () => {
     tokenizer: tok,
     cacheDir: a.cache_dir ? path.join(a.cache_dir as string, 'tevatron_ts_tokenized') : defaultTokenizedCacheDir(),
     procNum: a.dataset_proc_num as number,
-    onProgress: (done, total) => drawBar('tokenizing', done, total, (performance.now() - started) / 1000 / done),
+    onProgress: (done, total) => drawBar('tokenizing (MB)', Math.round(done / 1e6), Math.round(total / 1e6), (performance.now() - started) / 1e3 / Math.max(1, done / 1e6)),
+    onWait: (lock) => say(`waiting for another process tokenizing the same data (lock ${lock}; delete it if no such process runs)`),
   });
   if (group.worldSize > 1 && main) await group.barrier();
   const examples = data.examples;
   data.notes.forEach(say);
   checkExamples(examples, a.train_n_passages as number);
-  const how = data.fromCache ? `read from the tokenized cache ${data.fromCache}` : `tokenized${data.workers > 0 ? ` by ${data.workers} worker threads` : ''}`;
+  const how = data.fromCache ? `opened from the tokenized store ${data.fromCache}` : `tokenized${data.workers > 0 ? ` by ${data.workers} worker threads` : ''}${data.store ? ` into ${data.store.dir}` : ''}`;
   say(`backend ${describeBackend()}; ${examples.length} training queries ${how} in ${((performance.now() - started) / 1000).toFixed(1)} s`);
   const evalSet = main && a.eval_queries ? loadEvalSet(a.eval_queries as string, a.eval_corpus as string, a.eval_qrels as string | null, exampleOpts) : null;
   const evalSteps = (a.eval_steps ?? a.logging_steps) as number;
@@ -183,5 +184,6 @@ await runScript('train', async () => {
     },
   );
   if (group.worldSize > 1) await group.barrier();
+  data.store?.close();
   group.close?.();
 });

@@ -232,7 +232,7 @@ test('scripts/train.ts --dataset_name trains from the hub dataset (one step); wi
     assert.ok(existsSync(path.join(work, 'a/model.safetensors')));
     const b = await run('b', ['--dataset_name', 'Tevatron/nothing-here', '--train_dir', path.join(FIX, 'nq-tiny.jsonl')]);
     assert.is(b.code, 0, b.out);
-    assert.match(b.out, /12 training queries (tokenized|read from the tokenized cache)/);
+    assert.match(b.out, /12 training queries (tokenized|opened from the tokenized store)/);
     assert.not.match(b.out, /dataset Tevatron\/nothing-here/);
   } finally {
     await rm(work, { recursive: true, force: true });

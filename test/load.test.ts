@@ -65,6 +65,20 @@ test('a directory of .json (array), .jsonl and .jsonl.gz files, read in name ord
   assert.is(readRows(files[0])[1].where, `${files[0]}: item 2`);
 });
 
+test('readRows refuses a file over its limit (plain, or once gunzipped) with a one-line fix, before holding it', () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'load-'));
+  const text = JSON.stringify({ query: 'q', positive_passages: [{ text: 'x'.repeat(100) }] }) + '\n';
+  const plain = path.join(dir, 'rows.jsonl');
+  writeFileSync(plain, text.repeat(20));
+  const gz = path.join(dir, 'rows.jsonl.gz');
+  writeFileSync(gz, gzipSync(text.repeat(20)));
+  assert.is(readRows(plain, 4096).length, 20);
+  assert.is(readRows(gz, 4096).length, 20);
+  for (const f of [plain, gz]) {
+    assert.throws(() => readRows(f, 1024), (e: Error) => e.message === `${f}: over 0 MB, too large to read at once; stream it (streamRows in lib/data/stream.ts), or split it into smaller files`);
+  }
+});
+
 const NQ = path.resolve('../shared/data/nq/train.jsonl');
 test('the shared NQ training file loads: every query has 1 positive and up to 10 negatives', () => {
   if (!existsSync(NQ)) return console.log(`  (skipped: ${NQ} is absent)`);

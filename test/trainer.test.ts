@@ -1,7 +1,12 @@
 import * as tf from '@tensorflow/tfjs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { syntheticTask } from '../lib/data/synthetic.ts';
+import { loadTrainData } from '../lib/data/tokenized.ts';
+import { WordPieceTokenizer } from '../lib/tokenizer.ts';
 import { bagBiEncoder, initBagParams } from '../lib/model/bag.ts';
 import type { ParamMap } from '../lib/model/types.ts';
 import { initAdamW } from '../lib/optim.ts';
@@ -50,6 +55,32 @@ test('a run resumed from a mid-run checkpoint ends with the same weights as an u
   const resumed = await trainLoop(model, saved!, task.train, loop, cfg);
   for (const k of Object.keys(straight.params)) assert.equal(Array.from(resumed.params[k].dataSync()), Array.from(straight.params[k].dataSync()), k);
   disposeAll(straight.params, straight.optimizer.m, straight.optimizer.v, resumed.params, resumed.optimizer.m, resumed.optimizer.v);
+});
+
+test('training from the on-disk tokenized store = training from the examples in memory (same losses, same weights)', async () => {
+  const work = mkdtempSync(path.join(os.tmpdir(), 'tevatron-trainer-'));
+  try {
+    const file = path.join(work, 'train.jsonl');
+    writeFileSync(file, task.train.map((e) => JSON.stringify({ query_id: e.queryId, query: e.query, positives: e.positives, negatives: e.negatives })).join('\n') + '\n');
+    const tokenizer = new WordPieceTokenizer(['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', ...Array.from({ length: task.vocabSize - 5 }, (_, i) => `w${i + 5}`)]);
+    const o = { tokenize: (): number[] => { throw new Error('the rows are pre-tokenized'); }, qMaxLen: loop.qMaxLen, pMaxLen: loop.pMaxLen, separator: ' ' };
+    const data = await loadTrainData([file], o, { tokenizer, cacheDir: work });
+    assert.ok(data.store, 'a store on disk');
+    const run = async (examples: Parameters<typeof trainLoop>[2]) => {
+      const losses: number[] = [];
+      const end = await trainLoop(model, fresh(), examples, { ...loop, maxSteps: 3, loggingSteps: 1 }, cfg, { onLog: (r) => void losses.push(r.loss) });
+      return { losses, end };
+    };
+    const memory = await run(task.train);
+    const disk = await run(data.examples);
+    assert.is(memory.losses.length, 3);
+    assert.equal(disk.losses, memory.losses);
+    for (const k of Object.keys(memory.end.params)) assert.equal(Array.from(disk.end.params[k].dataSync()), Array.from(memory.end.params[k].dataSync()), k);
+    disposeAll(memory.end.params, memory.end.optimizer.m, memory.end.optimizer.v, disk.end.params, disk.end.optimizer.m, disk.end.optimizer.v);
+    data.store!.close();
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
 });
 
 test.run();

@@ -10,6 +10,28 @@ export interface TrainExample {
   negatives: number[][];
 }
 
+/**
+ * Training examples by index, read when asked: an array in memory (arraySource) or the tokenized store on
+ * disk (lib/data/store.ts), so training touches only each batch's rows.
+ */
+export interface TrainSource {
+  readonly length: number;
+  get(index: number): TrainExample;
+  /** What checkExamples needs, without reading token ids. */
+  counts(index: number): { queryId?: string; positives: number; negatives: number };
+}
+
+export function arraySource(examples: readonly TrainExample[]): TrainSource {
+  return {
+    length: examples.length,
+    get: (i) => examples[i],
+    counts: (i) => ({ queryId: examples[i].queryId, positives: examples[i].positives.length, negatives: examples[i].negatives.length }),
+  };
+}
+
+/** Arrays (the library's and the notebooks' way) and sources alike. */
+export const asSource = (examples: readonly TrainExample[] | TrainSource): TrainSource => (Array.isArray(examples) ? arraySource(examples) : (examples as TrainSource));
+
 /** A query and its n passages; passages[0] is the positive. */
 export interface Group {
   query: number[];
@@ -25,7 +47,7 @@ export interface SampleOptions {
   negativeNoShuffle?: boolean;
 }
 
-function describe(example: TrainExample, index: number): string {
+function describe(example: { queryId?: string }, index: number): string {
   return example.queryId !== undefined ? `query_id ${example.queryId}` : `example ${index}`;
 }
 
@@ -71,16 +93,22 @@ export function sampleGroup(example: TrainExample, index: number, opts: SampleOp
  * Checks up front what sampleGroup would fail on mid-training: a query without a positive, or without
  * negatives when n > 1. One error names how many and the first few.
  */
-export function checkExamples(examples: readonly TrainExample[], nPassages: number): void {
-  const name = (e: TrainExample, i: number) => describe(e, i);
-  const noPositive = examples.map((e, i) => (e.positives.length === 0 ? name(e, i) : null)).filter((x): x is string => x !== null);
-  if (noPositive.length) throw new Error(`${noPositive.length} training queries have no positive passage (${noPositive.slice(0, 3).join(', ')}${noPositive.length > 3 ? ', ...' : ''}); every query needs one`);
-  if (nPassages < 2) return;
-  const noNegative = examples.map((e, i) => (e.negatives.length === 0 ? name(e, i) : null)).filter((x): x is string => x !== null);
-  if (noNegative.length) {
-    throw new Error(
-      `${noNegative.length} training queries have no negative passages (${noNegative.slice(0, 3).join(', ')}${noNegative.length > 3 ? ', ...' : ''}) ` +
-        `but --train_n_passages ${nPassages} needs ${nPassages - 1} per query; drop them from the data (as Tevatron's prepare scripts do) or use --train_n_passages 1`,
-    );
+export function checkExamples(examples: readonly TrainExample[] | TrainSource, nPassages: number): void {
+  const src = asSource(examples);
+  const noPositive: string[] = [];
+  const noNegative: string[] = [];
+  let positives = 0;
+  let negatives = 0;
+  for (let i = 0; i < src.length; i++) {
+    const c = src.counts(i);
+    if (c.positives === 0 && positives++ < 3) noPositive.push(describe(c, i));
+    if (c.negatives === 0 && negatives++ < 3) noNegative.push(describe(c, i));
   }
+  const few = (names: string[], n: number) => `${names.join(', ')}${n > 3 ? ', ...' : ''}`;
+  if (positives) throw new Error(`${positives} training queries have no positive passage (${few(noPositive, positives)}); every query needs one`);
+  if (nPassages < 2 || !negatives) return;
+  throw new Error(
+    `${negatives} training queries have no negative passages (${few(noNegative, negatives)}) ` +
+      `but --train_n_passages ${nPassages} needs ${nPassages - 1} per query; drop them from the data (as Tevatron's prepare scripts do) or use --train_n_passages 1`,
+  );
 }
