@@ -1,16 +1,15 @@
-// Reading training and encoding data: .json (a JSON array or JSON Lines) and .jsonl files, gzipped or
-// not, and .parquet files (through hyparquet; async), one file or a directory of them. Rows are Tevatron's raw format {query_id, query,
-// positive_passages, negative_passages} or the pre-tokenized {query, positives, negatives}; a bad
-// row is an error naming file:line and the field.
+// Training and encoding rows: .json (a JSON array or JSON Lines) and .jsonl files, gzipped or not, and
+// .parquet files, one file or a directory of them (streamed by lib/data/stream.ts; readRows reads a small
+// file at once). Rows are Tevatron's raw format {query_id, query, positive_passages, negative_passages} or
+// the pre-tokenized {query, positives, negatives}; a bad row is an error naming file:line and the field.
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
-import { parquetReadObjects } from 'hyparquet';
 import type { TrainExample } from './sample.ts';
+import { isParquet, parseLine, streamRows } from './stream.ts';
 
 const DATA_FILE = /\.(json|jsonl)(\.gz)?$|\.parquet$/;
 
-export const isParquet = (file: string): boolean => file.endsWith('.parquet');
 
 /** The data files of --train_dir: the file itself, or the directory's *.json/*.jsonl(.gz)/*.parquet, sorted (no recursion). */
 export function listDataFiles(p: string, flag = 'train_dir'): string[] {
@@ -26,14 +25,27 @@ export function listDataFiles(p: string, flag = 'train_dir'): string[] {
   return files;
 }
 
-/** Rows of one file with their line numbers (1-based; for a JSON array, the element index + 1). */
+/** Above this, readRows refuses a file (V8 caps a string at 512 MB): larger files are streamed. */
+export const READ_ROWS_LIMIT = 256 * 1024 * 1024;
+
+function tooLarge(file: string): Error {
+  return new Error(`${file}: over ${READ_ROWS_LIMIT / 2 ** 20} MB, too large to read at once; stream it (streamRows in lib/data/stream.ts), or split it into smaller files`);
+}
+
+/**
+ * Rows of one small file, read at once, with their line numbers (1-based; for a JSON array, the element
+ * index + 1). Files over READ_ROWS_LIMIT are refused: streamRows reads any size.
+ */
 export function readRows(file: string): { row: unknown; where: string }[] {
   if (isParquet(file)) throw new Error(`${file}: a parquet file; read it with readDataRows (async)`);
   let text: string;
   try {
+    if (statSync(file).size > READ_ROWS_LIMIT) throw tooLarge(file);
     const bytes = readFileSync(file);
-    text = (file.endsWith('.gz') ? gunzipSync(bytes) : bytes).toString('utf8');
+    text = (file.endsWith('.gz') ? gunzipSync(bytes, { maxOutputLength: READ_ROWS_LIMIT }) : bytes).toString('utf8');
   } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') throw tooLarge(file);
+    if ((e as Error).message.startsWith(`${file}: over`)) throw e;
     throw new Error(`${file}: cannot read (${(e as Error).message})`);
   }
   if (text.trimStart().startsWith('[')) {
@@ -48,54 +60,16 @@ export function readRows(file: string): { row: unknown; where: string }[] {
   const out: { row: unknown; where: string }[] = [];
   text.split('\n').forEach((line, i) => {
     if (line.trim() === '') return;
-    try {
-      out.push({ row: JSON.parse(line), where: `${file}:${i + 1}` });
-    } catch (e) {
-      throw new Error(`${file}:${i + 1}: not valid JSON (${(e as Error).message})`);
-    }
+    out.push(parseLine(file, { text: line, line: i + 1 }));
   });
   return out;
 }
 
-/** Parquet INT64 columns come back as BigInt; token ids and ids are plain numbers here. */
-function plainNumbers(v: unknown): unknown {
-  if (typeof v === 'bigint') return Number(v);
-  if (Array.isArray(v)) {
-    for (let i = 0; i < v.length; i++) v[i] = plainNumbers(v[i]);
-    return v;
-  }
-  if (v !== null && typeof v === 'object' && !(v instanceof Date) && !ArrayBuffer.isView(v)) {
-    const o = v as Record<string, unknown>;
-    for (const k of Object.keys(o)) o[k] = plainNumbers(o[k]);
-  }
-  return v;
-}
-
-/** Rows of a parquet file (nested lists and structs as arrays and objects), numbered `file: row N` (1-based). */
-export async function readParquetRows(file: string): Promise<{ row: unknown; where: string }[]> {
-  let bytes: Buffer;
-  try {
-    bytes = readFileSync(file);
-  } catch (e) {
-    throw new Error(`${file}: cannot read (${(e as Error).message})`);
-  }
-  const buffer = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer;
-  let rows: Record<string, unknown>[];
-  try {
-    rows = await parquetReadObjects({ file: { byteLength: buffer.byteLength, slice: (start, end) => buffer.slice(start, end) } });
-  } catch (e) {
-    const msg = (e as Error).message;
-    const fix = /compression codec/.test(msg)
-      ? 'rewrite it with snappy compression (pyarrow.parquet.write_table(table, path, compression="snappy")) or convert it to .jsonl'
-      : 'check that it is a complete parquet file (re-download it), or convert it to .jsonl';
-    throw new Error(`${file}: cannot read as parquet (${msg}); ${fix}`);
-  }
-  return rows.map((row, i) => ({ row: plainNumbers(row), where: `${file}: row ${i + 1}` }));
-}
-
-/** Rows of any data file: parquet, or JSON / JSON Lines (gzipped or not). */
+/** Rows of any (small) data file, streamed and collected: parquet, or JSON / JSON Lines (gzipped or not). */
 export async function readDataRows(file: string): Promise<{ row: unknown; where: string }[]> {
-  return isParquet(file) ? readParquetRows(file) : readRows(file);
+  const out: { row: unknown; where: string }[] = [];
+  for await (const r of streamRows(file)) out.push(r);
+  return out;
 }
 
 export interface PassageRow {
