@@ -4,7 +4,8 @@
 import { encodeToFile, shardOf } from '../lib/encode.ts';
 import { initBackend, type BackendChoice } from '../lib/backend.ts';
 import { runScript, scriptArgs } from '../lib/cli.ts';
-import { readDataRows, toEncodeItem } from '../lib/data/load.ts';
+import { toEncodeItem } from '../lib/data/load.ts';
+import { streamRows } from '../lib/data/stream.ts';
 import { exampleOptionsFromArgs, loadDenseModel, modelRequestFromArgs } from '../lib/model/pretrained.ts';
 
 await runScript('encode', async () => {
@@ -19,7 +20,7 @@ await runScript('encode', async () => {
   const shards = a.encode_num_shard as number;
   const index = a.encode_shard_index as number;
   const rows = async function* () {
-    for (const f of a.encode_in_path as string[]) yield* await readDataRows(f);
+    for (const f of a.encode_in_path as string[]) yield* streamRows(f);
   };
   // datasets' shard(num, index) with contiguous=False: every num-th row, counted across the input files
   const items = (async function* () {
