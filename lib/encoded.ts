@@ -5,6 +5,7 @@
 // filled in at close, under a temporary name renamed at the end. readEncoded / writeEncoded load and save
 // a whole (small) one, such as the queries.
 import { closeSync, fstatSync, openSync, readSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { StringDecoder } from 'node:string_decoder';
 import { decodeFloats, floatWidth, headerBytes, headerLength, parseSafetensorsHeader } from './model/safetensors.ts';
 
@@ -29,10 +30,12 @@ const CHUNK = 1 << 20;
 const cannotRead = (path: string, e: unknown) =>
   new Error(`${path}: cannot read the encoded representations (${(e as Error).message}); write them with scripts/encode.ts --encoded_save_path`);
 
+const endsEarly = (path: string, missing: number) => new Error(`${path}: ends ${missing} bytes early (was it changed while being read?); encode it again`);
+
 function readFully(fd: number, into: Uint8Array, position: number, path: string): void {
   for (let at = 0; at < into.byteLength; ) {
     const n = readSync(fd, into, at, into.byteLength - at, position + at);
-    if (n === 0) throw new Error(`${path}: ends ${into.byteLength - at} bytes early (was it changed while being read?); encode it again`);
+    if (n === 0) throw endsEarly(path, into.byteLength - at);
     at += n;
   }
 }
@@ -115,11 +118,17 @@ function lineReader(path: string) {
   };
 }
 
+type Block = { start: number; data: Float32Array; ids: string[] };
+
+/** A block's rows as float32: F32 in place (little-endian hosts), F16 / BF16 decoded. */
+const rowsOf = (f: EncodedFile, bytes: Buffer, count: number): Float32Array =>
+  f.dtype === 'F32' ? new Float32Array(bytes.buffer, bytes.byteOffset, count * f.dim) : decodeFloats(f.dtype, bytes, count * f.dim);
+
 /**
  * A shard's rows, `blockRows` at a time, with their ids. One buffer is reused: a block's float32 data is
  * valid until the next block is read.
  */
-export function* encodedBlocks(f: EncodedFile, blockRows: number): Generator<{ start: number; data: Float32Array; ids: string[] }> {
+export function* encodedBlocks(f: EncodedFile, blockRows: number): Generator<Block> {
   const width = floatWidth(f.dtype)!;
   const fd = openSync(f.path, 'r');
   const ids = lineReader(`${f.path}.ids`);
@@ -129,13 +138,50 @@ export function* encodedBlocks(f: EncodedFile, blockRows: number): Generator<{ s
       const count = Math.min(blockRows, f.rows - start);
       const bytes = buf.subarray(0, count * f.dim * width);
       readFully(fd, bytes, f.dataStart + start * f.dim * width, f.path);
-      // little-endian hosts read F32 in place
-      const data = f.dtype === 'F32' ? new Float32Array(buf.buffer, buf.byteOffset, count * f.dim) : decodeFloats(f.dtype, bytes, count * f.dim);
-      yield { start, data, ids: ids.take(count) };
+      yield { start, data: rowsOf(f, bytes, count), ids: ids.take(count) };
     }
   } finally {
     ids.close();
     closeSync(fd);
+  }
+}
+
+/**
+ * encodedBlocks with the next block read while the caller works on this one: the read runs on libuv's
+ * threads, so the disk and a synchronous computation (scoring) overlap. Two buffers: a block's data is
+ * valid until the next block is yielded.
+ */
+export async function* encodedBlocksAhead(f: EncodedFile, blockRows: number): AsyncGenerator<Block> {
+  const width = floatWidth(f.dtype)!;
+  const file = await open(f.path, 'r');
+  const ids = lineReader(`${f.path}.ids`);
+  const size = Math.min(blockRows, f.rows) * f.dim * width;
+  const buffers = [Buffer.allocUnsafeSlow(size), Buffer.allocUnsafeSlow(size)];
+  const read = (start: number, buf: Buffer): Promise<Buffer> => {
+    const bytes = buf.subarray(0, Math.min(blockRows, f.rows - start) * f.dim * width);
+    const p = (async () => {
+      for (let at = 0; at < bytes.length; ) {
+        const { bytesRead } = await file.read(bytes, at, bytes.length - at, f.dataStart + start * f.dim * width + at);
+        if (bytesRead === 0) throw endsEarly(f.path, bytes.length - at);
+        at += bytesRead;
+      }
+      return bytes;
+    })();
+    p.catch(() => {}); // awaited below; a failure while the caller computes is not an unhandled rejection
+    return p;
+  };
+  let pending = f.rows > 0 ? read(0, buffers[0]) : null;
+  try {
+    for (let start = 0, i = 0; start < f.rows; start += blockRows, i++) {
+      const bytes = await pending!;
+      pending = start + blockRows < f.rows ? read(start + blockRows, buffers[(i + 1) % 2]) : null;
+      const count = Math.min(blockRows, f.rows - start);
+      yield { start, data: rowsOf(f, bytes, count), ids: ids.take(count) };
+    }
+  } finally {
+    await pending?.catch(() => {});
+    ids.close();
+    await file.close();
   }
 }
 

@@ -1,12 +1,12 @@
 // Exact inner-product retrieval over encoded shards (Tevatron's faiss_retriever with IndexFlatIP). Shards
 // may together outgrow memory, so each is read a block of rows at a time; every block is scored against
 // the queries (one matmul per batch of queries, then the backend's top-k) and its candidates enter a fixed
-// buffer of the best `depth` hits per query. Memory holds the queries, one block and the buffers, whatever
-// the corpus size. Ties rank the passage that comes first (shard order, then row) higher, so results are
+// buffer of the best `depth` hits per query. Memory holds the queries, one block (two while searchFiles
+// reads the next one ahead) and the buffers, whatever the corpus size. Ties rank the passage that comes first (shard order, then row) higher, so results are
 // deterministic and do not depend on the block size.
 import { closeSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs';
-import { encodedBlocks, openEncoded, type Encoded } from './encoded.ts';
+import { encodedBlocks, encodedBlocksAhead, openEncoded, type Encoded } from './encoded.ts';
 
 export { readEncoded, writeEncoded, type Encoded } from './encoded.ts';
 
@@ -61,10 +61,9 @@ interface Shard {
   name: string;
   rows: number;
   dim: number;
-  blocks(blockRows: number): Iterable<Block>;
 }
 
-function loadedShard(e: Encoded, i: number): Shard {
+function loadedShard(e: Encoded, i: number): Shard & { blocks(blockRows: number): Iterable<Block> } {
   const name = `shard ${i + 1} (loaded)`;
   if (e.data.length !== e.ids.length * e.dim) throw new Error(`${name}: ${e.ids.length} ids for ${e.data.length} values of dimension ${e.dim}`);
   return {
@@ -80,9 +79,54 @@ function loadedShard(e: Encoded, i: number): Shard {
   };
 }
 
-function fileShard(path: string): Shard {
+function fileShard(path: string): Shard & { blocks(blockRows: number): Iterable<Block> } {
   const f = openEncoded(path);
   return { name: path, rows: f.rows, dim: f.dim, blocks: (blockRows) => encodedBlocks(f, blockRows) };
+}
+
+/** Scores blocks, in global passage order, into the best `depth` hits per query. */
+function blockScorer(queries: Encoded, shards: Shard[], depth: number, batchSize: number, opts: SearchOptions) {
+  const Q = queries.ids.length;
+  const dim = queries.dim;
+  for (const s of shards) if (s.dim !== dim && s.rows > 0) throw new Error(`${s.name} has dimension ${s.dim}, the queries ${dim}; encode both with the same model`);
+  const total = shards.reduce((n, s) => n + s.rows, 0);
+  const best = topHits(Q, depth);
+  const B = batchSize > 0 ? Math.min(batchSize, Q) : Q;
+  // TensorFlow reads a transposed operand natively; the other backends are faster with an explicit transpose
+  const flagTranspose = tf.getBackend() === 'tensorflow';
+  const queryBatches: tf.Tensor2D[] = [];
+  for (let s = 0; s < Q; s += B) queryBatches.push(tf.tensor2d(queries.data.subarray(s * dim, Math.min(s + B, Q) * dim), [Math.min(B, Q - s), dim]));
+  let scored = 0;
+  return {
+    blockRows: opts.blockRows ?? defaultBlockRows(dim),
+    /** Scores a block whose first row has global order `first`. */
+    score(block: Block, first: number): void {
+      const rows = block.ids.length;
+      const k = Math.min(depth, rows);
+      const passages = tf.tidy(() => {
+        const p = tf.tensor2d(block.data, [rows, dim]);
+        return flagTranspose ? p : tf.transpose(p);
+      });
+      queryBatches.forEach((qb, b) => {
+        const { values, indices } = tf.tidy(() => tf.topk(tf.matMul(qb, passages, false, flagTranspose), k, true));
+        const v = values.dataSync();
+        const idx = indices.dataSync();
+        tf.dispose([values, indices]);
+        for (let r = 0; r < qb.shape[0]; r++) {
+          const q = b * B + r;
+          for (let j = r * k; j < (r + 1) * k; j++) {
+            // candidates come best first: past the list's floor, none of the rest can enter
+            if (v[j] < best.floor(q)) break;
+            best.offer(q, v[j], first + idx[j], block.ids[idx[j]]);
+          }
+        }
+      });
+      passages.dispose();
+      opts.onProgress?.((scored += rows), total);
+    },
+    hits: (): Hit[][] => Array.from({ length: Q }, (_, q) => best.hits(q)),
+    dispose: () => tf.dispose(queryBatches),
+  };
 }
 
 /**
@@ -91,50 +135,37 @@ function fileShard(path: string): Shard {
  * before any scoring starts.
  */
 export function search(queries: Encoded, shards: (string | Encoded)[], depth: number, batchSize = 128, opts: SearchOptions = {}): Hit[][] {
-  const Q = queries.ids.length;
-  const dim = queries.dim;
   const list = shards.map((s, i) => (typeof s === 'string' ? fileShard(s) : loadedShard(s, i)));
-  for (const s of list) if (s.dim !== dim && s.rows > 0) throw new Error(`${s.name} has dimension ${s.dim}, the queries ${dim}; encode both with the same model`);
-  const total = list.reduce((n, s) => n + s.rows, 0);
-  const best = topHits(Q, depth);
-  const B = batchSize > 0 ? Math.min(batchSize, Q) : Q;
-  // TensorFlow reads a transposed operand natively; the other backends are faster with an explicit transpose
-  const flagTranspose = tf.getBackend() === 'tensorflow';
-  const queryBatches: tf.Tensor2D[] = [];
-  for (let s = 0; s < Q; s += B) queryBatches.push(tf.tensor2d(queries.data.subarray(s * dim, Math.min(s + B, Q) * dim), [Math.min(B, Q - s), dim]));
-  let offset = 0;
+  const scorer = blockScorer(queries, list, depth, batchSize, opts);
   try {
+    let offset = 0;
     for (const shard of list) {
-      for (const block of shard.blocks(opts.blockRows ?? defaultBlockRows(dim))) {
-        const rows = block.ids.length;
-        const k = Math.min(depth, rows);
-        const passages = tf.tidy(() => {
-          const p = tf.tensor2d(block.data, [rows, dim]);
-          return flagTranspose ? p : tf.transpose(p);
-        });
-        queryBatches.forEach((qb, b) => {
-          const { values, indices } = tf.tidy(() => tf.topk(tf.matMul(qb, passages, false, flagTranspose), k, true));
-          const v = values.dataSync();
-          const idx = indices.dataSync();
-          tf.dispose([values, indices]);
-          for (let r = 0; r < qb.shape[0]; r++) {
-            const q = b * B + r;
-            for (let j = r * k; j < (r + 1) * k; j++) {
-              // candidates come best first: past the list's floor, none of the rest can enter
-              if (v[j] < best.floor(q)) break;
-              best.offer(q, v[j], offset + block.start + idx[j], block.ids[idx[j]]);
-            }
-          }
-        });
-        passages.dispose();
-        opts.onProgress?.(offset + block.start + rows, total);
-      }
+      for (const block of shard.blocks(scorer.blockRows)) scorer.score(block, offset + block.start);
       offset += shard.rows;
     }
+    return scorer.hits();
   } finally {
-    tf.dispose(queryBatches);
+    scorer.dispose();
   }
-  return Array.from({ length: Q }, (_, q) => best.hits(q));
+}
+
+/**
+ * search() over shard files, with the next block read from disk while this one is scored (what
+ * scripts/search.ts runs: over a corpus larger than memory, every block comes from the disk).
+ */
+export async function searchFiles(queries: Encoded, paths: string[], depth: number, batchSize = 128, opts: SearchOptions = {}): Promise<Hit[][]> {
+  const files = paths.map(openEncoded);
+  const scorer = blockScorer(queries, files.map((f) => ({ name: f.path, rows: f.rows, dim: f.dim })), depth, batchSize, opts);
+  try {
+    let offset = 0;
+    for (const f of files) {
+      for await (const block of encodedBlocksAhead(f, scorer.blockRows)) scorer.score(block, offset + block.start);
+      offset += f.rows;
+    }
+    return scorer.hits();
+  } finally {
+    scorer.dispose();
+  }
 }
 
 const rankingLine = (qid: string, h: Hit, rank: number, format: 'text' | 'trec', tag: string) =>

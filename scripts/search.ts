@@ -2,7 +2,7 @@
 // read in blocks (shards may together be larger than memory).
 import { initBackend } from '../lib/backend.ts';
 import { expandGlob, runScript, scriptArgs } from '../lib/cli.ts';
-import { readEncoded, search, writeRanking } from '../lib/search.ts';
+import { readEncoded, searchFiles, writeRanking } from '../lib/search.ts';
 
 await runScript('search', async () => {
   const a = scriptArgs('search');
@@ -12,7 +12,7 @@ await runScript('search', async () => {
   const queries = readEncoded(a.query_reps as string);
   const started = performance.now();
   const tty = process.stderr.isTTY;
-  const hits = search(queries, shards, a.depth as number, a.batch_size as number, {
+  const hits = await searchFiles(queries, shards, a.depth as number, a.batch_size as number, {
     onProgress: tty ? (done, total) => process.stderr.write(`\rsearching ${done}/${total} passages`) : undefined,
   });
   if (tty) process.stderr.write('\n');

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { PyRandom } from '../lib/data/pyrandom.ts';
-import { createEncodedWriter, encodedBlocks, openEncoded, readEncoded, writeEncoded } from '../lib/encoded.ts';
+import { createEncodedWriter, encodedBlocks, encodedBlocksAhead, openEncoded, readEncoded, writeEncoded } from '../lib/encoded.ts';
 import { pythonWith, testUnless } from './helpers.ts';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'encoded-'));
@@ -16,7 +16,7 @@ const randomRows = (seed: number, n: number) => {
   return Float32Array.from({ length: n }, () => r.random() * 2 - 1);
 };
 
-test('rows appended batch by batch read back as written, in blocks of any size; ids split across read chunks', () => {
+test('rows appended batch by batch read back as written, in blocks of any size, read ahead or not; ids split across read chunks', async () => {
   const dim = 3;
   // the first id is 1.2 MB of 3-byte characters: the reader's 1 MiB chunk ends inside one of them
   const ids = ['€'.repeat(400_000), ...Array.from({ length: 999 }, (_, i) => `dé-${i}`)];
@@ -39,6 +39,9 @@ test('rows appended batch by batch read back as written, in blocks of any size; 
     }
     assert.equal(gotIds, ids, `ids, blocks of ${blockRows}`);
     assert.equal(got, Array.from(data), `rows, blocks of ${blockRows}`);
+    const ahead: number[] = [];
+    for await (const b of encodedBlocksAhead(openEncoded(file), blockRows)) ahead.push(...b.data); // copied before the next block reuses its buffer
+    assert.equal(ahead, Array.from(data), `rows read ahead, blocks of ${blockRows}`);
   }
   // an ids file without a final newline has as many ids
   writeFileSync(`${file}.ids`, readFileSync(`${file}.ids`, 'utf8').slice(0, -1));

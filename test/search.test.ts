@@ -7,7 +7,7 @@ import path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { PyRandom } from '../lib/data/pyrandom.ts';
-import { formatRanking, readEncoded, search, writeEncoded, writeRanking, type Encoded } from '../lib/search.ts';
+import { formatRanking, readEncoded, search, searchFiles, writeEncoded, writeRanking, type Encoded } from '../lib/search.ts';
 import './helpers.ts';
 
 function randomEncoded(seed: number, n: number, dim: number, prefix: string): Encoded {
@@ -77,7 +77,7 @@ function integerEncoded(seed: number, n: number, dim: number, prefix: string, ra
   return { ids: Array.from({ length: n }, (_, i) => `${prefix}${i}`), data: Float32Array.from({ length: n * dim }, () => r.randbelow(2 * range + 1) - range), dim };
 }
 
-test('shards read from files in blocks equal the whole matrix loaded at once and the argsort, ties included', () => {
+test('shards read from files in blocks equal the whole matrix loaded at once and the argsort, ties included', async () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'search-'));
   const dim = 6;
   const q = integerEncoded(5, 9, dim, 'q', 2);
@@ -97,6 +97,7 @@ test('shards read from files in blocks equal the whole matrix loaded at once and
       const hits = search(q, files, depth, 4, { blockRows, onProgress: () => calls++ });
       assert.equal(hits, ref, `files, blocks of ${blockRows}, depth ${depth}`);
       assert.is(calls, bounds.slice(1).reduce((n, end, i) => n + Math.ceil((end - bounds[i]) / blockRows), 0));
+      assert.equal(await searchFiles(q, files, depth, 4, { blockRows }), ref, `files read ahead, blocks of ${blockRows}, depth ${depth}`);
     }
   }
 });
