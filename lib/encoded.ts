@@ -118,7 +118,8 @@ function lineReader(path: string) {
   };
 }
 
-type Block = { start: number; data: Float32Array; ids: string[] };
+/** Rows [start, start + ids.length) of a shard, row-major float32, and their ids. */
+export type Block = { start: number; data: Float32Array; ids: string[] };
 
 /** A block's rows as float32: F32 in place (little-endian hosts), F16 / BF16 decoded. */
 const rowsOf = (f: EncodedFile, bytes: Buffer, count: number): Float32Array =>
@@ -205,8 +206,12 @@ export interface EncodedWriter {
   abort(): void;
 }
 
-function writeAll(fd: number, bytes: Uint8Array, position: number | null): void {
-  for (let at = 0; at < bytes.byteLength; ) at += writeSync(fd, bytes, at, bytes.byteLength - at, position === null ? null : position + at);
+function writeAll(fd: number, bytes: Uint8Array, position: number | null, path: string): void {
+  try {
+    for (let at = 0; at < bytes.byteLength; ) at += writeSync(fd, bytes, at, bytes.byteLength - at, position === null ? null : position + at);
+  } catch (e) {
+    throw new Error(`${path}: cannot write (${(e as Error).message}); check the free space on its disk`);
+  }
 }
 
 /** Writes PATH and PATH.ids a batch at a time, under temporary names until close(): nothing half-written is left. */
@@ -231,8 +236,8 @@ export function createEncodedWriter(path: string): EncodedWriter {
     append(ids, data, d) {
       if (data.length !== ids.length * d || (rows > 0 && ids.length > 0 && d !== dim)) throw new Error(`${path}: ${ids.length} ids and ${data.length} values of dimension ${d} do not extend [${rows}, ${dim}]`);
       if (rows === 0) dim = d;
-      writeAll(fd, new Uint8Array(data.buffer, data.byteOffset, data.byteLength), 8 + RESERVED + 4 * rows * dim);
-      writeAll(idsFd, Buffer.from(ids.map((id) => `${id}\n`).join('')), null);
+      writeAll(fd, new Uint8Array(data.buffer, data.byteOffset, data.byteLength), 8 + RESERVED + 4 * rows * dim, path);
+      writeAll(idsFd, Buffer.from(ids.map((id) => `${id}\n`).join('')), null, `${path}.ids`);
       rows += ids.length;
     },
     close() {
@@ -240,7 +245,7 @@ export function createEncodedWriter(path: string): EncodedWriter {
       const head = Buffer.alloc(8 + RESERVED);
       head.writeBigUInt64LE(BigInt(RESERVED));
       head.set(headerBytes(embeddingsHeader(rows, dim), RESERVED), 8);
-      writeAll(fd, head, 0);
+      writeAll(fd, head, 0, path);
       fds.splice(0).forEach((f) => closeSync(f));
       renameSync(`${tmp}.ids`, `${path}.ids`);
       renameSync(tmp, path);

@@ -6,7 +6,7 @@
 // deterministic and do not depend on the block size.
 import { closeSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs';
-import { encodedBlocks, encodedBlocksAhead, openEncoded, type Encoded } from './encoded.ts';
+import { encodedBlocks, encodedBlocksAhead, openEncoded, type Block, type Encoded } from './encoded.ts';
 
 export { readEncoded, writeEncoded, type Encoded } from './encoded.ts';
 
@@ -56,7 +56,6 @@ function topHits(queries: number, depth: number) {
   };
 }
 
-type Block = { start: number; data: Float32Array; ids: string[] };
 interface Shard {
   name: string;
   rows: number;

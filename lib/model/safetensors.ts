@@ -48,7 +48,7 @@ export interface SafetensorsHeader {
 }
 
 /** Safetensors' own limit: a header above it is refused before anything is allocated. */
-export const MAX_HEADER_BYTES = 100_000_000;
+const MAX_HEADER_BYTES = 100_000_000;
 
 const invalid = (source: string, why: string) => new Error(`${source}: not a valid safetensors file (${why}); re-save it with safetensors' save_file or transformers' save_pretrained`);
 
