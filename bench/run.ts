@@ -3,13 +3,17 @@
 // (TORCH_PYTHON, else ./.venv or /work/venv). Prints the figures and the target ratios, writes
 // bench/results/latest.json and the README's chart docs/bench.svg.
 //   npm run bench [-- --quick] [--sections train,memory,encode,search,wasm]    TEVATRON_BACKEND picks ours
+//   npm run bench -- --sections scale [--scale 0.01]    the recipe at full size (bench/scale.ts; not in the default sections:
+//                                                         about an hour and ~35 GB of temporary disk at --scale 1)
 //   npm run bench -- --chart    redraws docs/bench.svg from bench/results/latest.json
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { barChart } from './chart.ts';
 
-const { values: opt } = parseArgs({ options: { quick: { type: 'boolean', default: false }, chart: { type: 'boolean', default: false }, sections: { type: 'string', default: 'train,memory,encode,search,wasm' } } });
+const { values: opt } = parseArgs({
+  options: { quick: { type: 'boolean', default: false }, chart: { type: 'boolean', default: false }, sections: { type: 'string', default: 'train,memory,encode,search,wasm' }, scale: { type: 'string', default: '1' } },
+});
 const quick = opt.quick || process.env.BENCH_QUICK === '1';
 const sections = new Set(opt.sections.split(','));
 const backend = process.env.TEVATRON_BACKEND ?? 'auto';
@@ -169,6 +173,14 @@ if (sections.has('wasm')) {
   const both = two.every((t) => num(t, 'samplesPerSecond') !== null) ? two.reduce((acc, t) => acc + num(t, 'samplesPerSecond')!, 0) : null;
   results.wasmProcesses = { one, two };
   console.log(`wasm, L2/H128 b16×2 32/64: one process ${single?.toFixed(2) ?? one.error} samples/s; two at once ${both?.toFixed(2) ?? 'failed'} samples/s in all (${fmtRatio(ratio(both, single))})`);
+}
+
+if (sections.has('scale')) {
+  // its stages print as they finish (stderr passes through); its figures also go to bench/results/scale.json
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'bench/scale.ts', '--scale', opt.scale, '--json'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+  const s = r.stdout.trim() ? lastJson<Record<string, unknown>>(r.stdout) : { error: `exit ${r.status ?? r.signal}` };
+  results.scale = s;
+  targets.push(...((s.targets as string[] | undefined) ?? [`scale: ${s.error}`]));
 }
 
 if (targets.length) console.log(`\ntargets:\n${targets.map((t) => `  ${t}`).join('\n')}`);

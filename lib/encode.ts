@@ -1,28 +1,85 @@
-// Encoding many sequences with a trained model: fixed-size batches, no dropout, float32 rows out.
+// Encoding many sequences with a trained model: fixed-size batches, no dropout, float32 rows out. A
+// corpus is encoded as a stream (encodeToFile): rows go to disk batch by batch, so memory holds one batch
+// whatever the corpus or shard size.
 import * as tf from '@tensorflow/tfjs';
 import { collateSequences, type SpecialTokens } from './data/collator.ts';
+import { createEncodedWriter } from './encoded.ts';
 import type { Encoder, ParamMap } from './model/types.ts';
 
-/** Representations [N, d] of token-id sequences (without special tokens), row-major. */
-export async function encodeSequences(
+export interface EncodeOptions {
+  maxLen: number;
+  special: SpecialTokens;
+  batchSize?: number;
+  /** Called after each batch with the rows encoded so far. */
+  onProgress?: (done: number) => void;
+}
+
+/** Representations of items (token ids without special tokens), one batch at a time: the batch's items and their rows [n, d]. */
+export async function* encodeBatches<T extends { tokens: number[] }>(
   encode: Encoder,
   params: ParamMap,
-  seqs: number[][],
-  opts: { maxLen: number; special: SpecialTokens; batchSize?: number; onProgress?: (done: number) => void },
-): Promise<{ data: Float32Array; dim: number }> {
+  items: Iterable<T> | AsyncIterable<T>,
+  opts: EncodeOptions,
+): AsyncGenerator<{ items: T[]; data: Float32Array; dim: number }> {
   const B = opts.batchSize ?? 64;
+  let batch: T[] = [];
+  let done = 0;
+  const run = async () => {
+    const reps = encode(params, collateSequences(batch.map((x) => x.tokens), opts.maxLen, opts.special), null);
+    const data = (await reps.data()) as Float32Array;
+    const dim = reps.shape[1];
+    reps.dispose();
+    opts.onProgress?.((done += batch.length));
+    return { items: batch, data, dim };
+  };
+  for await (const x of items) {
+    batch.push(x);
+    if (batch.length === B) {
+      yield await run();
+      batch = [];
+    }
+  }
+  if (batch.length > 0) yield await run();
+}
+
+/** Representations [N, d] of token-id sequences (without special tokens), row-major. */
+export async function encodeSequences(encode: Encoder, params: ParamMap, seqs: number[][], opts: EncodeOptions): Promise<{ data: Float32Array; dim: number }> {
   const parts: Float32Array[] = [];
   let dim = 0;
-  for (let s = 0; s < seqs.length; s += B) {
-    const reps = encode(params, collateSequences(seqs.slice(s, s + B), opts.maxLen, opts.special), null);
-    dim = reps.shape[1];
-    parts.push((await reps.data()) as Float32Array);
-    reps.dispose();
-    opts.onProgress?.(Math.min(s + B, seqs.length));
+  for await (const b of encodeBatches(encode, params, seqs.map((tokens) => ({ tokens })), opts)) {
+    parts.push(b.data);
+    dim = b.dim;
   }
   const data = new Float32Array(seqs.length * dim);
   parts.reduce((at, p) => (data.set(p, at), at + p.length), 0);
   return { data, dim };
+}
+
+/**
+ * Encodes a stream of {id, tokens} into PATH (safetensors `embeddings` [N, d]) and PATH.ids, appending
+ * each batch as it is encoded; nothing is left at PATH if it fails.
+ */
+export async function encodeToFile(
+  encode: Encoder,
+  params: ParamMap,
+  items: Iterable<{ id: string; tokens: number[] }> | AsyncIterable<{ id: string; tokens: number[] }>,
+  path: string,
+  opts: EncodeOptions,
+): Promise<{ rows: number; dim: number }> {
+  const out = createEncodedWriter(path);
+  try {
+    for await (const b of encodeBatches(encode, params, items, opts)) out.append(b.items.map((x) => x.id), b.data, b.dim);
+    return out.close();
+  } catch (e) {
+    out.abort();
+    throw e;
+  }
+}
+
+/** Rows i of a stream with i % num === index: datasets' shard(num, index) with contiguous=False. */
+export async function* shardOf<T>(rows: Iterable<T> | AsyncIterable<T>, num: number, index: number): AsyncGenerator<T> {
+  let i = 0;
+  for await (const r of rows) if (i++ % num === index) yield r;
 }
 
 /** Scores [Q, P] = Q·Pᵀ of row-major representations. */

@@ -23,7 +23,8 @@ export { parseSafetensors, serializeSafetensors, type TensorDict, type NamedArra
 export { loadTokenizer, saveTokenizer, WordPieceTokenizer, JsonTokenizer, parseVocab, wordPieceOptionsFromConfig, type Tokenizer, type WordPieceOptions, type SpecialTokenIds } from './tokenizer.ts';
 export { loadModelDir, saveModelDir, QUERY_PREFIX, PASSAGE_PREFIX, type LoadedCheckpoint, type SavableCheckpoint, type PoolerConfig, type Pooler } from './model/checkpoint.ts';
 export { resolveModel, parseHubId, hubCacheDir, type ResolveOptions } from './model/hub.ts';
-export { readEncoded, writeEncoded, search, formatRanking, type Encoded, type Hit } from './search.ts';
+export { readEncoded, writeEncoded, openEncoded, encodedBlocks, encodedBlocksAhead, createEncodedWriter, type Encoded, type EncodedFile, type EncodedWriter } from './encoded.ts';
+export { search, searchFiles, formatRanking, writeRanking, defaultBlockRows, type Hit, type SearchOptions } from './search.ts';
 export { parseQrels, parseRun, rankingMetrics, hasAnswer, dprTokens, topkAccuracy, type Qrels, type Run } from './metrics.ts';
 export { parseArgs, helpText, FLAGS, type Args } from './args.ts';
 export { trainLoop, schedulePlan, type LoopOptions, type LoopHooks, type LogRecord } from './trainer.ts';

@@ -1,42 +1,14 @@
-// Exact inner-product retrieval over encoded shards (Tevatron's faiss_retriever with IndexFlatIP):
-// each shard is loaded, scored against the queries in batches, and its top candidates are merged into
-// one bounded list per query, so memory holds one shard plus the result lists. Ties rank the
-// passage that comes first (shard order, then row) higher, so results are deterministic.
-import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+// Exact inner-product retrieval over encoded shards (Tevatron's faiss_retriever with IndexFlatIP). Shards
+// may together outgrow memory, so each is read a block of rows at a time; every block is scored against
+// the queries (one matmul per batch of queries, then the backend's top-k) and its candidates enter a fixed
+// buffer of the best `depth` hits per query. Memory holds the queries, one block (two while searchFiles
+// reads the next one ahead) and the buffers, whatever the corpus size. Ties rank the passage that comes first (shard order, then row) higher, so results are
+// deterministic and do not depend on the block size.
+import { closeSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs';
-import { parseSafetensors, serializeSafetensors } from './model/safetensors.ts';
+import { encodedBlocks, encodedBlocksAhead, openEncoded, type Block, type Encoded } from './encoded.ts';
 
-/** An encode output: `embeddings` [N, d] in PATH (safetensors) and N ids, one per line, in PATH.ids. */
-export interface Encoded {
-  ids: string[];
-  data: Float32Array;
-  dim: number;
-}
-
-export function readEncoded(path: string): Encoded {
-  let bytes: Uint8Array;
-  let idsText: string;
-  try {
-    bytes = readFileSync(path);
-    idsText = readFileSync(`${path}.ids`, 'utf8');
-  } catch (e) {
-    throw new Error(`${path}: cannot read the encoded representations (${(e as Error).message}); write them with scripts/encode.ts --encoded_save_path`);
-  }
-  const t = parseSafetensors(bytes, path).tensors.embeddings;
-  if (!t || t.shape.length !== 2) throw new Error(`${path}: holds no 2-D tensor named "embeddings"; write it with scripts/encode.ts`);
-  const ids = idsText.split('\n').filter((l, i, a) => l !== '' || i < a.length - 1);
-  if (ids.length !== t.shape[0]) throw new Error(`${path}.ids lists ${ids.length} ids for ${t.shape[0]} rows; the two files must come from the same encode run`);
-  return { ids, data: t.data, dim: t.shape[1] };
-}
-
-/** Writes PATH and PATH.ids, each to a temporary name first, then renamed: no half-written output. */
-export function writeEncoded(path: string, e: Encoded): void {
-  const tmp = `${path}.tmp-${process.pid}`;
-  writeFileSync(tmp, serializeSafetensors({ embeddings: { shape: [e.ids.length, e.dim], data: e.data } }));
-  writeFileSync(`${tmp}.ids`, e.ids.map((id) => `${id}\n`).join(''));
-  renameSync(`${tmp}.ids`, `${path}.ids`);
-  renameSync(tmp, path);
-}
+export { readEncoded, writeEncoded, type Encoded } from './encoded.ts';
 
 export interface Hit {
   docid: string;
@@ -45,62 +17,182 @@ export interface Hit {
   order: number;
 }
 
-const better = (a: Hit, b: Hit) => a.score > b.score || (a.score === b.score && a.order < b.order);
+/** Rows per block: 64 MB of float32 rows (one block is what a shard costs in memory). */
+export const defaultBlockRows = (dim: number): number => Math.max(1, Math.floor((64 << 20) / (4 * Math.max(dim, 1))));
 
-/** Keeps the best `depth` hits of one query (a sorted array: fine for the candidate counts per shard). */
-function merge(list: Hit[], candidates: Hit[], depth: number): Hit[] {
-  const all = list.concat(candidates);
-  all.sort((a, b) => (better(a, b) ? -1 : better(b, a) ? 1 : 0));
-  return all.slice(0, depth);
+export interface SearchOptions {
+  /** Passage rows scored at once (default: 64 MB of rows). */
+  blockRows?: number;
+  /** Called after each block with the passages scored so far and the total. */
+  onProgress?: (done: number, total: number) => void;
 }
 
-/**
- * The `depth` best passages of every query, best first, over shards given as paths (loaded one at a
- * time) or as loaded encodings. `batchSize` queries are scored at once (≤ 0: all).
- */
-export function search(queries: Encoded, shards: (string | Encoded)[], depth: number, batchSize = 128): Hit[][] {
+/** The best `depth` hits of every query so far, best first, in fixed buffers (no growing lists). */
+function topHits(queries: number, depth: number) {
+  const scores = new Float64Array(queries * depth);
+  const orders = new Float64Array(queries * depth);
+  const docids: string[] = new Array(queries * depth);
+  const counts = new Int32Array(queries);
+  const better = (s: number, o: number, at: number) => s > scores[at] || (s === scores[at] && o < orders[at]);
+  return {
+    /** The lowest score a hit needs to enter query q's list (-Infinity while it is not full). */
+    floor: (q: number) => (counts[q] < depth ? -Infinity : scores[q * depth + depth - 1]),
+    offer(q: number, score: number, order: number, docid: string): void {
+      const base = q * depth;
+      const n = counts[q];
+      if (n === depth && !better(score, order, base + n - 1)) return;
+      let i = base + Math.min(n, depth - 1);
+      for (; i > base && better(score, order, i - 1); i--) {
+        scores[i] = scores[i - 1];
+        orders[i] = orders[i - 1];
+        docids[i] = docids[i - 1];
+      }
+      scores[i] = score;
+      orders[i] = order;
+      docids[i] = docid;
+      if (n < depth) counts[q] = n + 1;
+    },
+    hits: (q: number): Hit[] => Array.from({ length: counts[q] }, (_, j) => ({ docid: docids[q * depth + j], score: scores[q * depth + j], order: orders[q * depth + j] })),
+  };
+}
+
+interface Shard {
+  name: string;
+  rows: number;
+  dim: number;
+}
+
+function loadedShard(e: Encoded, i: number): Shard & { blocks(blockRows: number): Iterable<Block> } {
+  const name = `shard ${i + 1} (loaded)`;
+  if (e.data.length !== e.ids.length * e.dim) throw new Error(`${name}: ${e.ids.length} ids for ${e.data.length} values of dimension ${e.dim}`);
+  return {
+    name,
+    rows: e.ids.length,
+    dim: e.dim,
+    *blocks(blockRows) {
+      for (let start = 0; start < e.ids.length; start += blockRows) {
+        const end = Math.min(start + blockRows, e.ids.length);
+        yield { start, data: e.data.subarray(start * e.dim, end * e.dim), ids: e.ids.slice(start, end) };
+      }
+    },
+  };
+}
+
+function fileShard(path: string): Shard & { blocks(blockRows: number): Iterable<Block> } {
+  const f = openEncoded(path);
+  return { name: path, rows: f.rows, dim: f.dim, blocks: (blockRows) => encodedBlocks(f, blockRows) };
+}
+
+/** Scores blocks, in global passage order, into the best `depth` hits per query. */
+function blockScorer(queries: Encoded, shards: Shard[], depth: number, batchSize: number, opts: SearchOptions) {
   const Q = queries.ids.length;
-  const results: Hit[][] = Array.from({ length: Q }, () => []);
-  const B = batchSize > 0 ? batchSize : Q;
-  let offset = 0;
-  for (const shard of shards) {
-    const p = typeof shard === 'string' ? readEncoded(shard) : shard;
-    if (p.dim !== queries.dim) throw new Error(`${typeof shard === 'string' ? shard : 'a shard'} has dimension ${p.dim}, the queries ${queries.dim}; encode both with the same model`);
-    const N = p.ids.length;
-    const k = Math.min(depth, N);
-    if (k > 0) {
-      const passages = tf.tensor2d(p.data, [N, p.dim]);
-      const pt = tf.transpose(passages);
-      for (let s = 0; s < Q; s += B) {
-        const rows = Math.min(B, Q - s);
-        const { values, indices } = tf.tidy(() => {
-          const scores = tf.matMul(tf.tensor2d(queries.data.subarray(s * queries.dim, (s + rows) * queries.dim), [rows, queries.dim]), pt);
-          return tf.topk(scores, k, true);
-        });
+  const dim = queries.dim;
+  for (const s of shards) if (s.dim !== dim && s.rows > 0) throw new Error(`${s.name} has dimension ${s.dim}, the queries ${dim}; encode both with the same model`);
+  const total = shards.reduce((n, s) => n + s.rows, 0);
+  const best = topHits(Q, depth);
+  const B = batchSize > 0 ? Math.min(batchSize, Q) : Q;
+  // TensorFlow reads a transposed operand natively; the other backends are faster with an explicit transpose
+  const flagTranspose = tf.getBackend() === 'tensorflow';
+  const queryBatches: tf.Tensor2D[] = [];
+  for (let s = 0; s < Q; s += B) queryBatches.push(tf.tensor2d(queries.data.subarray(s * dim, Math.min(s + B, Q) * dim), [Math.min(B, Q - s), dim]));
+  let scored = 0;
+  return {
+    blockRows: opts.blockRows ?? defaultBlockRows(dim),
+    /** Scores a block whose first row has global order `first`. */
+    score(block: Block, first: number): void {
+      const rows = block.ids.length;
+      const k = Math.min(depth, rows);
+      const passages = tf.tidy(() => {
+        const p = tf.tensor2d(block.data, [rows, dim]);
+        return flagTranspose ? p : tf.transpose(p);
+      });
+      queryBatches.forEach((qb, b) => {
+        const { values, indices } = tf.tidy(() => tf.topk(tf.matMul(qb, passages, false, flagTranspose), k, true));
         const v = values.dataSync();
         const idx = indices.dataSync();
         tf.dispose([values, indices]);
-        for (let r = 0; r < rows; r++) {
-          const cands: Hit[] = [];
-          for (let j = 0; j < k; j++) {
-            const row = idx[r * k + j];
-            cands.push({ docid: p.ids[row], score: v[r * k + j], order: offset + row });
+        for (let r = 0; r < qb.shape[0]; r++) {
+          const q = b * B + r;
+          for (let j = r * k; j < (r + 1) * k; j++) {
+            // candidates come best first: past the list's floor, none of the rest can enter
+            if (v[j] < best.floor(q)) break;
+            best.offer(q, v[j], first + idx[j], block.ids[idx[j]]);
           }
-          results[s + r] = merge(results[s + r], cands, depth);
         }
-      }
-      tf.dispose([passages, pt]);
-    }
-    offset += N;
-  }
-  return results;
+      });
+      passages.dispose();
+      opts.onProgress?.((scored += rows), total);
+    },
+    hits: (): Hit[][] => Array.from({ length: Q }, (_, q) => best.hits(q)),
+    dispose: () => tf.dispose(queryBatches),
+  };
 }
+
+/**
+ * The `depth` best passages of every query, best first, over shards given as paths (read in blocks) or
+ * as loaded encodings. `batchSize` queries are scored at once (≤ 0: all). Every shard file is checked
+ * before any scoring starts.
+ */
+export function search(queries: Encoded, shards: (string | Encoded)[], depth: number, batchSize = 128, opts: SearchOptions = {}): Hit[][] {
+  const list = shards.map((s, i) => (typeof s === 'string' ? fileShard(s) : loadedShard(s, i)));
+  const scorer = blockScorer(queries, list, depth, batchSize, opts);
+  try {
+    let offset = 0;
+    for (const shard of list) {
+      for (const block of shard.blocks(scorer.blockRows)) scorer.score(block, offset + block.start);
+      offset += shard.rows;
+    }
+    return scorer.hits();
+  } finally {
+    scorer.dispose();
+  }
+}
+
+/**
+ * search() over shard files, with the next block read from disk while this one is scored (what
+ * scripts/search.ts runs: over a corpus larger than memory, every block comes from the disk).
+ */
+export async function searchFiles(queries: Encoded, paths: string[], depth: number, batchSize = 128, opts: SearchOptions = {}): Promise<Hit[][]> {
+  const files = paths.map(openEncoded);
+  const scorer = blockScorer(queries, files.map((f) => ({ name: f.path, rows: f.rows, dim: f.dim })), depth, batchSize, opts);
+  try {
+    let offset = 0;
+    for (const f of files) {
+      for await (const block of encodedBlocksAhead(f, scorer.blockRows)) scorer.score(block, offset + block.start);
+      offset += f.rows;
+    }
+    return scorer.hits();
+  } finally {
+    scorer.dispose();
+  }
+}
+
+const rankingLine = (qid: string, h: Hit, rank: number, format: 'text' | 'trec', tag: string) =>
+  format === 'text' ? `${qid}\t${h.docid}\t${h.score}\n` : `${qid} Q0 ${h.docid} ${rank} ${h.score} ${tag}\n`;
 
 /** A ranking as text (`qid<TAB>docid<TAB>score`, Tevatron's --save_text) or TREC (`qid Q0 docid rank score tag`). */
 export function formatRanking(qids: string[], hits: Hit[][], format: 'text' | 'trec', tag = 'tevatron-ts'): string {
-  const lines: string[] = [];
-  hits.forEach((list, q) =>
-    list.forEach((h, i) => lines.push(format === 'text' ? `${qids[q]}\t${h.docid}\t${h.score}` : `${qids[q]} Q0 ${h.docid} ${i + 1} ${h.score} ${tag}`)),
-  );
-  return lines.length ? `${lines.join('\n')}\n` : '';
+  return hits.map((list, q) => list.map((h, i) => rankingLine(qids[q], h, i + 1, format, tag)).join('')).join('');
+}
+
+/** Writes a ranking query by query (a large one exceeds a string's size), under a temporary name, then renamed. */
+export function writeRanking(path: string, qids: string[], hits: Hit[][], format: 'text' | 'trec', tag = 'tevatron-ts'): void {
+  const tmp = `${path}.tmp-${process.pid}`;
+  let fd: number;
+  try {
+    fd = openSync(tmp, 'w');
+  } catch (e) {
+    throw new Error(`--save_ranking_to ${path}: cannot write (${(e as Error).message}); check that its directory exists and is writable`);
+  }
+  try {
+    try {
+      hits.forEach((list, q) => writeSync(fd, list.map((h, i) => rankingLine(qids[q], h, i + 1, format, tag)).join('')));
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, path);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw e;
+  }
 }

@@ -1,11 +1,12 @@
 // Tevatron's encode driver: representations of queries (--encode_is_qry) or passages with a trained
-// model, written as a safetensors file (`embeddings` [N, d]) plus PATH.ids, one id per line.
-import { encodeSequences } from '../lib/encode.ts';
+// model, written as a safetensors file (`embeddings` [N, d]) plus PATH.ids, one id per line. The input is
+// streamed: only this shard's rows are tokenized, and rows are written batch by batch as they are encoded.
+import { encodeToFile, shardOf } from '../lib/encode.ts';
 import { initBackend, type BackendChoice } from '../lib/backend.ts';
 import { runScript, scriptArgs } from '../lib/cli.ts';
-import { readRows, toEncodeItem } from '../lib/data/load.ts';
+import { toEncodeItem } from '../lib/data/load.ts';
+import { streamRows } from '../lib/data/stream.ts';
 import { exampleOptionsFromArgs, loadDenseModel, modelRequestFromArgs } from '../lib/model/pretrained.ts';
-import { writeEncoded } from '../lib/search.ts';
 
 await runScript('encode', async () => {
   const a = scriptArgs('encode');
@@ -18,20 +19,23 @@ await runScript('encode', async () => {
   const opts = exampleOptionsFromArgs(tok, a);
   const shards = a.encode_num_shard as number;
   const index = a.encode_shard_index as number;
-  // datasets' shard(num, index) with contiguous=False: every num-th row
-  const items = (a.encode_in_path as string[]).flatMap((f) => readRows(f)).filter((_, i) => i % shards === index).map(({ row, where }) => toEncodeItem(row, where, isQuery, opts));
+  const rows = async function* () {
+    for (const f of a.encode_in_path as string[]) yield* streamRows(f);
+  };
+  // datasets' shard(num, index) with contiguous=False: every num-th row, counted across the input files
+  const items = (async function* () {
+    for await (const { row, where } of shardOf(rows(), shards, index)) yield toEncodeItem(row, where, isQuery, opts);
+  })();
   const started = performance.now();
   const encoder = isQuery ? loaded.model.encodeQuery : loaded.model.encodePassage;
-  const batch = a.per_device_eval_batch_size as number;
   const tty = process.stderr.isTTY;
-  const { data, dim } = await encodeSequences(encoder, loaded.params, items.map((x) => x.tokens), {
+  const { rows: count } = await encodeToFile(encoder, loaded.params, items, a.encoded_save_path as string, {
     maxLen: isQuery ? (a.q_max_len as number) : (a.p_max_len as number),
     special: tok.special,
-    batchSize: batch,
-    onProgress: tty ? (done) => process.stderr.write(`\rencoding ${done}/${items.length}`) : undefined,
+    batchSize: a.per_device_eval_batch_size as number,
+    onProgress: tty ? (done) => process.stderr.write(`\rencoding ${done}`) : undefined,
   });
   if (tty) process.stderr.write('\n');
-  writeEncoded(a.encoded_save_path as string, { ids: items.map((x) => x.id), data, dim });
   const seconds = (performance.now() - started) / 1000;
-  console.log(`encoded ${items.length} ${isQuery ? 'queries' : 'passages'} (shard ${index + 1}/${shards}) on ${backend} in ${seconds.toFixed(1)} s (${(items.length / seconds).toFixed(0)}/s) to ${a.encoded_save_path}`);
+  console.log(`encoded ${count} ${isQuery ? 'queries' : 'passages'} (shard ${index + 1}/${shards}) on ${backend} in ${seconds.toFixed(1)} s (${(count / seconds).toFixed(0)}/s) to ${a.encoded_save_path}`);
 });

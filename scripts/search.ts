@@ -1,8 +1,8 @@
-// Tevatron's faiss_retriever: exact inner-product top-k of encoded queries over encoded passage shards.
-import { renameSync, writeFileSync } from 'node:fs';
+// Tevatron's faiss_retriever: exact inner-product top-k of encoded queries over encoded passage shards,
+// read in blocks (shards may together be larger than memory).
 import { initBackend } from '../lib/backend.ts';
 import { expandGlob, runScript, scriptArgs } from '../lib/cli.ts';
-import { formatRanking, readEncoded, search } from '../lib/search.ts';
+import { readEncoded, searchFiles, writeRanking } from '../lib/search.ts';
 
 await runScript('search', async () => {
   const a = scriptArgs('search');
@@ -11,10 +11,13 @@ await runScript('search', async () => {
   if (shards.length === 0) throw new Error(`--passage_reps ${(a.passage_reps as string[]).join(' ')}: matches no file`);
   const queries = readEncoded(a.query_reps as string);
   const started = performance.now();
-  const hits = search(queries, shards, a.depth as number, a.batch_size as number);
+  const tty = process.stderr.isTTY;
+  const hits = await searchFiles(queries, shards, a.depth as number, a.batch_size as number, {
+    onProgress: tty ? (done, total) => process.stderr.write(`\rsearching ${done}/${total} passages`) : undefined,
+  });
+  if (tty) process.stderr.write('\n');
   const seconds = (performance.now() - started) / 1000;
   const out = a.save_ranking_to as string;
-  writeFileSync(`${out}.tmp`, formatRanking(queries.ids, hits, a.save_trec ? 'trec' : 'text'));
-  renameSync(`${out}.tmp`, out);
+  writeRanking(out, queries.ids, hits, a.save_trec ? 'trec' : 'text');
   if (!a.quiet) console.log(`searched ${queries.ids.length} queries over ${shards.length} shard(s) in ${seconds.toFixed(2)} s (${(queries.ids.length / seconds).toFixed(0)} queries/s); ranking in ${out}`);
 });

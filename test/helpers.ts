@@ -1,5 +1,7 @@
 // Shared test setup: start the backend named by TEVATRON_BACKEND (the runner sets it), small random
 // batches, and comparisons of parameter maps.
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs';
 import { test } from 'uvu';
 import { initBackend } from '../lib/backend.ts';
@@ -94,4 +96,14 @@ export function testUnless(skipReason: string | null, name: string, fn: () => un
   if (skipReason === null) return test(name, fn as () => void);
   console.log(`  (skipped: ${name}: ${skipReason})`);
   test.skip(name, fn as () => void);
+}
+
+/**
+ * A Python that imports `modules` (TORCH_PYTHON, else .venv/bin/python), or the reason there is none:
+ * for tests that check files against Python's own readers.
+ */
+export function pythonWith(modules: string[]): { python: string | null; reason: string | null } {
+  const candidates = [process.env.TORCH_PYTHON, '.venv/bin/python'].filter((p): p is string => !!p && existsSync(p));
+  for (const p of candidates) if (spawnSync(p, ['-c', `import ${modules.join(', ')}`]).status === 0) return { python: p, reason: null };
+  return { python: null, reason: `no Python with ${modules.join(', ')} (set TORCH_PYTHON or create .venv)` };
 }

@@ -1,10 +1,14 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+// lib/search.ts: exact top-k against an argsort of Q·Pᵀ; shards read in blocks against the whole matrix
+// loaded at once; ties across block and shard boundaries; bad shard files through the script.
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { PyRandom } from '../lib/data/pyrandom.ts';
-import { formatRanking, readEncoded, search, writeEncoded, type Encoded } from '../lib/search.ts';
+import { formatRanking, readEncoded, search, searchFiles, writeEncoded, writeRanking, type Encoded } from '../lib/search.ts';
+import './helpers.ts';
 
 function randomEncoded(seed: number, n: number, dim: number, prefix: string): Encoded {
   const r = new PyRandom(seed);
@@ -65,6 +69,57 @@ test('encoded files round trip; mismatched ids and dimensions are clear errors',
   assert.throws(() => readEncoded(file), /lists 2 ids for 5 rows/);
   assert.throws(() => readEncoded(path.join(dir, 'missing')), /cannot read the encoded representations/);
   assert.throws(() => search(randomEncoded(4, 1, 3, 'q'), [e], 3), /has dimension 4, the queries 3/);
+});
+
+/** Rows of small integers: every product and sum is exact in float32, so equal scores are exact ties. */
+function integerEncoded(seed: number, n: number, dim: number, prefix: string, range: number): Encoded {
+  const r = new PyRandom(seed);
+  return { ids: Array.from({ length: n }, (_, i) => `${prefix}${i}`), data: Float32Array.from({ length: n * dim }, () => r.randbelow(2 * range + 1) - range), dim };
+}
+
+test('shards read from files in blocks equal the whole matrix loaded at once and the argsort, ties included', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'search-'));
+  const dim = 6;
+  const q = integerEncoded(5, 9, dim, 'q', 2);
+  const p = integerEncoded(6, 200, dim, 'd', 1); // scores in [-12, 12]: ~25 values over 200 passages, ties everywhere
+  const bounds = [0, 70, 71, 133, 200];
+  const files = bounds.slice(1).map((end, i) => {
+    const file = path.join(dir, `p${i}.st`);
+    writeEncoded(file, { ids: p.ids.slice(bounds[i], end), data: p.data.slice(bounds[i] * dim, end * dim), dim });
+    return file;
+  });
+  for (const depth of [25, 500]) {
+    const ref = argsortReference(q, p, depth).map((hits) => hits.map((h) => ({ docid: h.id, score: h.s, order: h.j })));
+    assert.ok(ref.some((hits) => hits.some((h, r) => r > 0 && h.score === hits[r - 1].score)), 'the data has ties');
+    assert.equal(search(q, [p], depth, -1, { blockRows: 1000 }), ref, `one block, depth ${depth}`);
+    for (const blockRows of [1, 7, 64]) {
+      let calls = 0;
+      const hits = search(q, files, depth, 4, { blockRows, onProgress: () => calls++ });
+      assert.equal(hits, ref, `files, blocks of ${blockRows}, depth ${depth}`);
+      assert.is(calls, bounds.slice(1).reduce((n, end, i) => n + Math.ceil((end - bounds[i]) / blockRows), 0));
+      assert.equal(await searchFiles(q, files, depth, 4, { blockRows }), ref, `files read ahead, blocks of ${blockRows}, depth ${depth}`);
+    }
+  }
+});
+
+test('a ranking written query by query equals the formatted one; bad shard files fail the script with one line', () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'search-'));
+  const q = randomEncoded(7, 3, 4, 'q');
+  const p = randomEncoded(8, 10, 4, 'd');
+  const hits = search(q, [p], 4);
+  for (const format of ['text', 'trec'] as const) {
+    writeRanking(path.join(dir, 'run.txt'), q.ids, hits, format);
+    assert.is(readFileSync(path.join(dir, 'run.txt'), 'utf8'), formatRanking(q.ids, hits, format));
+  }
+  writeEncoded(path.join(dir, 'q.st'), q);
+  writeEncoded(path.join(dir, 'p0.st'), p);
+  const bytes = readFileSync(path.join(dir, 'p0.st'));
+  writeFileSync(path.join(dir, 'p1.st'), bytes.subarray(0, bytes.length - 8)); // the last two values missing
+  writeFileSync(path.join(dir, 'p1.st.ids'), readFileSync(path.join(dir, 'p0.st.ids')));
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'scripts/search.ts', '--query_reps', path.join(dir, 'q.st'), '--passage_reps', path.join(dir, 'p*.st'), '--save_ranking_to', path.join(dir, 'out.txt')], { encoding: 'utf8' });
+  assert.is(r.status, 1);
+  assert.match(r.stderr, /^search: \S*p1\.st: not a valid safetensors file \(.*past the end of the data.*\n$/);
+  assert.is(r.stderr.trim().split('\n').length, 1);
 });
 
 test.run();

@@ -1,6 +1,7 @@
 // The safetensors format (8-byte little-endian header length, JSON header, raw row-major data):
 // read F32, F16 and BF16 into float32 (Node 20 has no Float16Array), skip integer buffers such as
-// `position_ids`; write F32. Pure: bytes in, bytes out; file I/O lives with the checkpoint code.
+// `position_ids`; write F32. Pure: bytes in, bytes out (headers validated as untrusted input); file I/O
+// lives with the checkpoint code and lib/encoded.ts (which reads a header alone, then rows at offsets).
 
 export interface NamedArray {
   shape: number[];
@@ -9,7 +10,7 @@ export interface NamedArray {
 
 export type TensorDict = Record<string, NamedArray>;
 
-interface HeaderEntry {
+export interface HeaderEntry {
   dtype: string;
   shape: number[];
   data_offsets: [number, number];
@@ -27,7 +28,7 @@ function halfToFloat(h: number): number {
 }
 
 /** Decodes one tensor's bytes (little-endian) to float32. */
-function decode(dtype: string, bytes: Uint8Array, count: number): Float32Array {
+export function decodeFloats(dtype: string, bytes: Uint8Array, count: number): Float32Array {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const out = new Float32Array(count);
   if (dtype === 'F32') {
@@ -41,42 +42,88 @@ function decode(dtype: string, bytes: Uint8Array, count: number): Float32Array {
   return out;
 }
 
+export interface SafetensorsHeader {
+  entries: Record<string, HeaderEntry>;
+  metadata: Record<string, string>;
+}
+
+/** Safetensors' own limit: a header above it is refused before anything is allocated. */
+const MAX_HEADER_BYTES = 100_000_000;
+
+const invalid = (source: string, why: string) => new Error(`${source}: not a valid safetensors file (${why}); re-save it with safetensors' save_file or transformers' save_pretrained`);
+
+/** The header length of a file's first 8 bytes, checked against the file's size before it is read. */
+export function headerLength(first8: Uint8Array, fileBytes: number, source: string): number {
+  if (fileBytes < 8 || first8.byteLength < 8) throw invalid(source, 'shorter than its 8-byte header length');
+  const n = new DataView(first8.buffer, first8.byteOffset, 8).getBigUint64(0, true);
+  if (n > BigInt(Math.min(fileBytes - 8, MAX_HEADER_BYTES))) throw invalid(source, `header length ${n} exceeds the file`);
+  return Number(n);
+}
+
+const isCount = (x: unknown): x is number => Number.isSafeInteger(x) && (x as number) >= 0;
+
+/**
+ * Parses and checks a header (untrusted bytes): every entry has a dtype, a shape of counts and offsets
+ * inside a body of `bodyBytes`; a float tensor's byte range matches its shape.
+ */
+export function parseSafetensorsHeader(headerBytes: Uint8Array, bodyBytes: number, source: string): SafetensorsHeader {
+  let header: unknown;
+  try {
+    header = JSON.parse(new TextDecoder().decode(headerBytes));
+  } catch {
+    throw invalid(source, 'its header is not JSON');
+  }
+  if (typeof header !== 'object' || header === null || Array.isArray(header)) throw invalid(source, 'its header is not a JSON object');
+  const entries: Record<string, HeaderEntry> = {};
+  let metadata: Record<string, string> = {};
+  for (const [name, entry] of Object.entries(header as Record<string, unknown>)) {
+    if (name === '__metadata__') {
+      metadata = entry as Record<string, string>;
+      continue;
+    }
+    const e = entry as Partial<HeaderEntry> | null;
+    const offsets = e?.data_offsets;
+    if (typeof e?.dtype !== 'string' || !Array.isArray(e.shape) || !e.shape.every(isCount) || !Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isCount)) {
+      throw invalid(source, `tensor ${name} lacks a dtype, a shape of counts or two data_offsets`);
+    }
+    const [start, end] = offsets;
+    const width = FLOAT_BYTES[e.dtype];
+    const count = e.shape.reduce((a, b) => a * b, 1);
+    if (start > end || end > bodyBytes || (width && end - start !== count * width)) throw invalid(source, `tensor ${name} has ${end - start} bytes for shape [${e.shape}] of ${e.dtype}${end > bodyBytes ? `, past the end of the data (${bodyBytes} bytes)` : ''}`);
+    entries[name] = e as HeaderEntry;
+  }
+  return { entries, metadata };
+}
+
+/** Bytes per element of the float dtypes this module decodes (undefined for others). */
+export const floatWidth = (dtype: string): number | undefined => FLOAT_BYTES[dtype];
+
 /**
  * Parses a safetensors file. Float tensors (F32, F16, BF16) are returned as float32; other dtypes
  * (I64 `position_ids`, U8 masks) are skipped and listed in `skipped`. `source` names the file in errors.
  */
 export function parseSafetensors(bytes: Uint8Array, source = 'safetensors data'): { tensors: TensorDict; skipped: string[]; metadata: Record<string, string> } {
-  const fail = (why: string) => new Error(`${source}: not a valid safetensors file (${why}); re-save it with safetensors' save_file or transformers' save_pretrained`);
-  if (bytes.byteLength < 8) throw fail('shorter than its 8-byte header length');
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const headerLen = Number(view.getBigUint64(0, true));
-  if (8 + headerLen > bytes.byteLength) throw fail(`header length ${headerLen} exceeds the file`);
-  let header: Record<string, HeaderEntry | Record<string, string>>;
-  try {
-    header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + headerLen)));
-  } catch {
-    throw fail('its header is not JSON');
-  }
+  const headerLen = headerLength(bytes, bytes.byteLength, source);
   const body = bytes.subarray(8 + headerLen);
+  const { entries, metadata } = parseSafetensorsHeader(bytes.subarray(8, 8 + headerLen), body.byteLength, source);
   const tensors: TensorDict = {};
   const skipped: string[] = [];
-  let metadata: Record<string, string> = {};
-  for (const [name, entry] of Object.entries(header)) {
-    if (name === '__metadata__') {
-      metadata = entry as Record<string, string>;
-      continue;
-    }
-    const { dtype, shape, data_offsets: [start, end] } = entry as HeaderEntry;
-    const width = FLOAT_BYTES[dtype];
-    if (!width) {
+  for (const [name, { dtype, shape, data_offsets: [start, end] }] of Object.entries(entries)) {
+    if (!FLOAT_BYTES[dtype]) {
       skipped.push(name);
       continue;
     }
-    const count = shape.reduce((a, b) => a * b, 1);
-    if (end - start !== count * width || end > body.byteLength) throw fail(`tensor ${name} has ${end - start} bytes for shape [${shape}] of ${dtype}`);
-    tensors[name] = { shape, data: decode(dtype, body.subarray(start, end), count) };
+    tensors[name] = { shape, data: decodeFloats(dtype, body.subarray(start, end), shape.reduce((a, b) => a * b, 1)) };
   }
   return { tensors, skipped, metadata };
+}
+
+/** A header's bytes: JSON padded with spaces to a multiple of 8 (data stays 8-byte aligned), and to at least `minBytes`. */
+export function headerBytes(header: Record<string, unknown>, minBytes = 0): Uint8Array {
+  const json = new TextEncoder().encode(JSON.stringify(header));
+  const out = new Uint8Array(Math.max(minBytes, json.length + ((8 - (json.length % 8)) % 8))).fill(0x20);
+  out.set(json);
+  return out;
 }
 
 /** Serializes float32 tensors (sorted by name, as the reference implementation does) to safetensors bytes. */
@@ -91,14 +138,11 @@ export function serializeSafetensors(tensors: TensorDict, metadata: Record<strin
     header[name] = { dtype: 'F32', shape, data_offsets: [offset, offset + 4 * count] };
     offset += 4 * count;
   }
-  const json = new TextEncoder().encode(JSON.stringify(header));
-  const headerBytes = new Uint8Array(json.length + ((8 - (json.length % 8)) % 8)).fill(0x20); // data stays 8-byte aligned
-  headerBytes.set(json);
-  const out = new Uint8Array(8 + headerBytes.length + offset);
-  const view = new DataView(out.buffer);
-  view.setBigUint64(0, BigInt(headerBytes.length), true);
-  out.set(headerBytes, 8);
-  let at = 8 + headerBytes.length;
+  const head = headerBytes(header);
+  const out = new Uint8Array(8 + head.length + offset);
+  new DataView(out.buffer).setBigUint64(0, BigInt(head.length), true);
+  out.set(head, 8);
+  let at = 8 + head.length;
   for (const name of names) {
     const { data } = tensors[name];
     out.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength), at); // little-endian hosts
