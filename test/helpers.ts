@@ -1,5 +1,6 @@
 // Shared test setup: start the backend named by TEVATRON_BACKEND (the runner sets it), small random
 // batches, and comparisons of parameter maps.
+import { spawn, spawnSync } from 'node:child_process';
 import * as tf from '@tensorflow/tfjs';
 import { test } from 'uvu';
 import { initBackend } from '../lib/backend.ts';
@@ -94,4 +95,33 @@ export function testUnless(skipReason: string | null, name: string, fn: () => un
   if (skipReason === null) return test(name, fn as () => void);
   console.log(`  (skipped: ${name}: ${skipReason})`);
   test.skip(name, fn as () => void);
+}
+
+/**
+ * A Python that imports every one of `modules` (TORCH_PYTHON, else ./.venv/bin/python), for tests that
+ * compare with Python tools; otherwise the reason, for testUnless.
+ */
+export function pythonWith(modules: string[]): { python: string; reason: null } | { python: null; reason: string } {
+  const candidates = [process.env.TORCH_PYTHON, '.venv/bin/python'].filter((p): p is string => !!p);
+  for (const python of candidates) {
+    const r = spawnSync(python, ['-c', `import ${modules.join(', ')}`], { encoding: 'utf8', timeout: 120_000 });
+    if (r.status === 0) return { python, reason: null };
+  }
+  return { python: null, reason: `no Python with ${modules.join(' and ')} (set TORCH_PYTHON, or make ./.venv)` };
+}
+
+/**
+ * Runs scripts/<script> as a user runs it (a child process): exit code, stdout, stderr. Asynchronous, so a
+ * server the test runs in this process (a stand-in hub) keeps answering.
+ */
+export function runScriptFile(script: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', `scripts/${script}`, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, out, err }));
+  });
 }
