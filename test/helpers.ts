@@ -3,6 +3,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import * as tf from '@tensorflow/tfjs';
 import { test } from 'uvu';
+import * as assert from 'uvu/assert';
 import { initBackend } from '../lib/backend.ts';
 import { collateGroups, type SpecialTokens } from '../lib/data/collator.ts';
 import type { Group } from '../lib/data/sample.ts';
@@ -124,4 +125,38 @@ export function runScriptFile(script: string, args: string[], env: NodeJS.Proces
     child.on('error', reject);
     child.on('close', (code) => resolve({ code, out, err }));
   });
+}
+
+/** Runs `fn` with these environment variables set (undefined: unset), then restores them. */
+export async function withEnv<T>(vars: Record<string, string | undefined>, fn: () => Promise<T>): Promise<T> {
+  const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
+  const set = (k: string, v: string | undefined) => (v === undefined ? delete process.env[k] : (process.env[k] = v));
+  for (const [k, v] of Object.entries(vars)) set(k, v);
+  try {
+    return await fn();
+  } finally {
+    for (const [k, v] of Object.entries(saved)) set(k, v);
+  }
+}
+
+/** Awaits a promise that must reject with a message matching `pattern`; returns the message. */
+export async function rejects(promise: Promise<unknown>, pattern: RegExp, what: string): Promise<string> {
+  try {
+    await promise;
+  } catch (e) {
+    const message = (e as Error).message;
+    assert.match(message, pattern, `${what}: message was: ${message}`);
+    return message;
+  }
+  throw new Error(`${what}: expected an error matching ${pattern}`);
+}
+
+/** Makes this process's fetch refuse any host but 127.0.0.1 (tests talk to stand-in servers only). */
+export function loopbackOnlyFetch(): void {
+  const realFetch = globalThis.fetch;
+  globalThis.fetch = ((input: string | URL | Request, init?: RequestInit) => {
+    const url = new URL(input instanceof Request ? input.url : input.toString());
+    if (url.hostname !== '127.0.0.1') return Promise.reject(new Error(`test guard: refused a request to ${url.host}`));
+    return realFetch(input, init);
+  }) as typeof fetch;
 }

@@ -43,7 +43,11 @@ function explain(e: unknown, what: string, t: { repo: string; endpoint: string }
   }
   const err = e as Error & { cause?: Error & { code?: string } };
   if (err instanceof TypeError && err.message === 'fetch failed') {
-    return new Error(`${what} ${t.repo} failed: cannot reach the hub at ${t.endpoint} (${err.cause?.code ?? oneLine(err.cause?.message ?? 'network error')}); check the network or HF_ENDPOINT`);
+    const code = err.cause?.code ?? 'network error';
+    const how = ['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'UND_ERR_CONNECT_TIMEOUT'].includes(code)
+      ? `cannot reach the hub at ${t.endpoint} (${code})`
+      : `the connection to the hub at ${t.endpoint} broke off (${code}: ${oneLine(err.cause?.message ?? '')})`;
+    return new Error(`${what} ${t.repo} failed: ${how}; check the network or HF_ENDPOINT`);
   }
   return new Error(`${what} ${t.repo} at ${t.endpoint} failed: ${oneLine(err.message ?? String(e))}`);
 }
