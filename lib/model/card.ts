@@ -58,7 +58,7 @@ function pythonSnippet(where: string, c: CardInput): string {
   const pooling = {
     cls: 'rep = hidden[:, 0]  # cls pooling',
     mean: 'rep = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # mean over real tokens',
-    eos: 'rep = hidden[torch.arange(len(texts)), mask.sum(1) - 1]  # the last real token',
+    eos: 'rep = hidden[torch.arange(len(texts)), mask.sum(1).long() - 1]  # the last real token',
   }[c.settings.pooling];
   return [
     'import os',
@@ -88,7 +88,7 @@ function pythonSnippet(where: string, c: CardInput): string {
     `    batch = tokenizer(texts, padding=True, truncation=True, max_length=${qLen} if is_query else ${pLen}, return_tensors="pt")`,
     '    with torch.no_grad():',
     '        hidden = model(**batch).last_hidden_state',
-    '    mask = batch["attention_mask"].to(hidden.dtype)',
+    ...(c.settings.pooling === 'cls' ? [] : ['    mask = batch["attention_mask"].to(hidden.dtype)']),
     `    ${pooling}`,
     ...(c.pooler ? ['    lin = "linear_q" if is_query else "linear_p"', '    rep = rep @ pooler[f"{lin}.weight"].T + pooler[f"{lin}.bias"]'] : []),
     ...(c.settings.normalize ? ['    rep = torch.nn.functional.normalize(rep, dim=-1)'] : []),
@@ -137,7 +137,8 @@ export function modelCard(c: CardInput): string {
     ['grad_cache', a.grad_cache ? `on (query chunks of ${a.gc_q_chunk_size}, passage chunks of ${a.gc_p_chunk_size} rows)` : 'off'],
     ['learning_rate', a.learning_rate as number],
     ['optimizer', `AdamW (betas ${a.adam_beta1}, ${a.adam_beta2}; epsilon ${a.adam_epsilon}; weight_decay ${a.weight_decay})`],
-    ['lr_scheduler_type', `${a.lr_scheduler_type}, ${c.plan.warmup} warmup steps`],
+    ['lr_scheduler_type', a.lr_scheduler_type as string],
+    ['warmup_steps', c.plan.warmup],
     ['max_grad_norm', a.max_grad_norm as number],
     ['training_steps', c.plan.total],
     ['seed', a.seed as number],
