@@ -11,7 +11,7 @@ import path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { defaultLoggingDir, eventFiles, loggedSteps, maskedCrc32c, readEventScalars, scalarTags } from '../lib/tensorboard.ts';
-import { backend, pythonWith, runScriptFile, testUnless } from './helpers.ts';
+import { backend, freePort, pythonWith, runScriptFile, testUnless } from './helpers.ts';
 
 const FIXTURES = path.resolve('test/fixtures');
 const tmp = () => mkdtempSync(path.join(tmpdir(), 'tensorboard-'));
@@ -245,6 +245,17 @@ testUnless(NO_TENSORFLOW ?? py.reason, 'TensorBoard\'s EventAccumulator (Python)
     for (const t of TRAIN_TAGS) assert.equal(tb.get(t)!.map(([s]) => s), [1, 2, 3, 4], `${what}: ${t}`);
     assert.equal(tb, curves(dir), `${what}: the same points as the reference reader`);
   }
+});
+
+testUnless(NO_TENSORFLOW, 'two processes (launch.ts): rank 0 alone writes, one event file with every step', async () => {
+  const out = path.join(tmp(), 'out');
+  const r = await runScriptFile('launch.ts', ['--nproc_per_node', '2', '--master_port', String(await freePort()), 'scripts/train.ts', ...trainArgs(out, { per_device_train_batch_size: '1' })]);
+  assert.is(r.code, 0, r.err);
+  const dir = runDir(out);
+  assert.is(eventFiles(dir).length, 1, readdirSync(dir).join(', '));
+  const got = curves(dir);
+  for (const t of TRAIN_TAGS) assert.equal(got.get(t)!.map(([s]) => s), [1, 2, 3, 4], t);
+  for (const t of EVAL_TAGS) assert.equal(got.get(t)!.map(([s]) => s), [2, 4], t);
 });
 
 test('without the tensorflow backend: one line says so and no event file is written; --report_to none: no line', async () => {
