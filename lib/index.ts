@@ -40,3 +40,6 @@ export { resolveDataset, parseDatasetName } from './data/hub-dataset.ts';
 export { loadTrainData } from './data/tokenized.ts';
 export { checkExamples } from './data/sample.ts';
 export { exampleOptionsFromArgs, modelRequestFromArgs } from './model/pretrained.ts';
+export { openTensorboard, readEventScalars, loggedSteps, defaultLoggingDir, scalarTags, type TensorboardWriter, type ReportTo } from './tensorboard.ts';
+export { modelCard, type CardInput } from './model/card.ts';
+export { preparePush, pushFiles, hubFiles, type PushTarget } from './model/upload.ts';

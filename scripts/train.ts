@@ -20,7 +20,7 @@ import { initAdamW, type ScheduleType } from '../lib/optim.ts';
 import { appendMetrics, readCheckpoint, resolveResume, writeCheckpoint, writeModel, type SavedModel, type TrainerState } from '../lib/outputs.ts';
 import { modelCard } from '../lib/model/card.ts';
 import { writeAtomic } from '../lib/model/hub.ts';
-import { hubFiles, preparePush, pushFiles } from '../lib/model/upload.ts';
+import { hubFiles, preparePush, pushCommand, pushFiles } from '../lib/model/upload.ts';
 import { keyFromSeed } from '../lib/random.ts';
 import { reportHtml } from '../lib/report.ts';
 import { defaultLoggingDir, openTensorboard, type ReportTo } from '../lib/tensorboard.ts';
@@ -212,7 +212,7 @@ await runScript('train', async () => {
           if (push) {
             await pushFiles(push, hubFiles(outputDir), 'End of training').then(
               (c) => say(`pushed ${outputDir} to ${c.url}`),
-              (e: Error) => (pushFailure = `${e.message}. The model and logs are saved in ${outputDir}; push them with: npx tsx scripts/push_to_hub.ts --output_dir ${outputDir} --hub_model_id ${push.repo}`),
+              (e: Error) => (pushFailure = `${e.message}. The model and logs are saved in ${outputDir}; push them with: ${pushCommand(outputDir, push.repo)}`),
             );
           }
         }

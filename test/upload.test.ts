@@ -6,6 +6,7 @@
 // above a size, multipart uploads whose parts are assembled by their ETags; every object's sha256 and size;
 // the commit's NDJSON (inline files must match their preupload size and first bytes, LFS pointers must name
 // stored objects). A failure can be injected in the middle of an upload. Only 127.0.0.1 is contacted.
+import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
@@ -14,7 +15,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { hubFiles, preparePush, pushFiles } from '../lib/model/upload.ts';
+import { hubFiles, preparePush, pushCommand, pushFiles } from '../lib/model/upload.ts';
 import { freePort, loopbackOnlyFetch, rejects, runScriptFile, withEnv } from './helpers.ts';
 
 loopbackOnlyFetch();
@@ -302,6 +303,13 @@ test('a connection lost in the middle of an upload: no commit, the local files u
   assert.match(r.out, /pushed \d+ files from .* to http:\/\/127\.0\.0\.1:\d+\/lab\/cut\/commit\//);
   sameTree(hub.repos.get('lab/cut')!.commits[0].tree, pushable(out), 'the repo after the retry');
   assert.equal(hub.rejected, []);
+});
+
+test('pushCommand: the output dir survives the shell, spaces and quotes included', () => {
+  for (const dir of ['/tmp/run-1', "/tmp/my run/it's", '/tmp/a$b"c']) {
+    const words = spawnSync('bash', ['-c', `printf '%s\\n' ${pushCommand(dir, 'lab/x')}`], { encoding: 'utf8' }).stdout.trim().split('\n');
+    assert.equal(words, ['npx', 'tsx', 'scripts/push_to_hub.ts', '--output_dir', dir, '--hub_model_id', 'lab/x'], dir);
+  }
 });
 
 const trainArgs = (out: string, extra: string[]) => [

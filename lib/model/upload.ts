@@ -5,7 +5,7 @@
 // checkpoint's model is pushed at each save. Files go up as the hub asks in its preupload answer: small
 // text inline in the commit, weights through LFS (basic or multipart) or xet, whichever the hub offers.
 // A failure is one Error line naming the repo, the hub and the cause; it never touches the local files.
-import { createRepo, HubApiError, uploadFiles, whoAmI } from '@huggingface/hub';
+import type { HubApiError } from '@huggingface/hub';
 import { openAsBlob, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { hubSettings, parseHubId } from './hub.ts';
@@ -30,10 +30,13 @@ export interface PushRequest {
 }
 
 const oneLine = (s: string) => s.replace(/\s+/g, ' ').trim();
+// Loaded when a push is asked for: importing it costs every training run a few hundred milliseconds.
+const hubClient = () => import('@huggingface/hub');
+const isApiError = (e: unknown): e is HubApiError => e instanceof Error && typeof (e as HubApiError).statusCode === 'number';
 
 /** Why a hub call failed, in words a user can act on. */
 function explain(e: unknown, what: string, t: { repo: string; endpoint: string }): Error {
-  if (e instanceof HubApiError) {
+  if (isApiError(e)) {
     const hint =
       e.statusCode === 401 ? 'the hub did not accept the token: check --hub_token / HF_TOKEN'
       : e.statusCode === 403 ? `the token cannot write to ${t.repo} (a read-only token, or no rights in that namespace)`
@@ -59,6 +62,7 @@ function explain(e: unknown, what: string, t: { repo: string; endpoint: string }
  */
 export async function preparePush(r: PushRequest): Promise<PushTarget> {
   const hub = hubSettings({ endpoint: r.endpoint, token: r.token ?? undefined });
+  const { createRepo, whoAmI } = await hubClient();
   const token = hub.token;
   if (!token) throw new Error('--push_to_hub needs a token with write access: pass --hub_token or set HF_TOKEN');
   if (!token.startsWith('hf_')) throw new Error('--hub_token / HF_TOKEN: a Hugging Face token starts with hf_; pass a write token from your hub settings');
@@ -79,7 +83,7 @@ export async function preparePush(r: PushRequest): Promise<PushTarget> {
   try {
     await createRepo({ repo: { type: 'model', name: repo }, accessToken: token, hubUrl: hub.endpoint, visibility: r.private === null ? undefined : r.private ? 'private' : 'public' });
   } catch (e) {
-    if (!(e instanceof HubApiError && e.statusCode === 409)) throw explain(e, 'creating the repo', target); // 409: it exists
+    if (!(isApiError(e) && e.statusCode === 409)) throw explain(e, 'creating the repo', target); // 409: it exists
   }
   return target;
 }
@@ -117,6 +121,7 @@ export function hubFiles(outputDir: string, checkpoint?: string): Map<string, st
 
 /** One commit with `files` (read from disk as they go up, not loaded whole). */
 export async function pushFiles(t: PushTarget, files: Map<string, string>, title: string): Promise<{ commit: string; url: string }> {
+  const { uploadFiles } = await hubClient();
   try {
     const blobs = await Promise.all([...files].map(async ([rel, file]) => ({ path: rel, content: await openAsBlob(file) })));
     const out = await uploadFiles({ repo: { type: 'model', name: t.repo }, accessToken: t.token, hubUrl: t.endpoint, files: blobs, commitTitle: title });
@@ -124,4 +129,10 @@ export async function pushFiles(t: PushTarget, files: Map<string, string>, title
   } catch (e) {
     throw explain(e, 'pushing to', t);
   }
+}
+
+/** The command that pushes an output dir again (what a failed push at the end of training tells the user). */
+export function pushCommand(outputDir: string, repo: string): string {
+  const word = (w: string) => (/^[\w@%+=:,./-]+$/.test(w) ? w : `'${w.replace(/'/g, `'\\''`)}'`);
+  return `npx tsx scripts/push_to_hub.ts --output_dir ${word(outputDir)} --hub_model_id ${repo}`;
 }
