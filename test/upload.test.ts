@@ -8,7 +8,7 @@
 // stored objects). A failure can be injected in the middle of an upload. Only 127.0.0.1 is contacted.
 import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -329,6 +329,17 @@ test('train.ts --push_to_hub --hub_strategy end: one commit of the output dir wi
   sameTree(repo.commits[0].tree, pushable(out), 'the repo');
   for (const f of ['model.safetensors', 'config.json', 'vocab.txt', 'tokenizer_config.json', 'tevatron_ts.json', 'README.md', 'trainer_state.json']) assert.ok(repo.commits[0].tree.has(f), f);
   assert.match(repo.commits[0].tree.get('README.md')!.toString(), /^---\nlibrary_name: "transformers"\n/);
+});
+
+test('train.ts --push_to_hub without a token, or with one that cannot write: one line before training, nothing written', async () => {
+  for (const [token, message] of [[undefined, /^train: --push_to_hub needs a token with write access: pass --hub_token or set HF_TOKEN$/], ['hf_alice_read', /^train: creating the repo lab\/no at .* the token cannot write to lab\/no/]] as const) {
+    const out = path.join(tmp(), 'never');
+    const r = await runScriptFile('train.ts', trainArgs(out, ['--hub_model_id', 'lab/no']), { ...process.env, HF_ENDPOINT: hub.url, HF_TOKEN: token });
+    assert.is(r.code, 1);
+    assert.match(r.err.trim(), message);
+    assert.is(r.err.trim().split('\n').length, 1, r.err);
+    assert.not.ok(existsSync(out), 'nothing written');
+  }
 });
 
 test('train.ts --hub_strategy every_save: a commit per save; the final push cut off mid-upload exits 1 with one line and the retry command, which works', async () => {
