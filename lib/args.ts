@@ -4,7 +4,7 @@
 // validates it and writes --help.
 import { readFileSync } from 'node:fs';
 
-export type Script = 'train' | 'encode' | 'search' | 'evaluate';
+export type Script = 'train' | 'encode' | 'search' | 'evaluate' | 'push_to_hub';
 type Kind = 'string' | 'int' | 'float' | 'bool' | 'list' | 'optional';
 
 interface Flag {
@@ -22,6 +22,7 @@ const E: Script[] = ['encode'];
 const TE: Script[] = ['train', 'encode'];
 const S: Script[] = ['search'];
 const V: Script[] = ['evaluate'];
+const TP: Script[] = ['train', 'push_to_hub'];
 
 /** Every flag. Defaults are Tevatron v1's, and Hugging Face's (transformers 4.x) for TrainingArguments. */
 export const FLAGS: readonly Flag[] = [
@@ -60,7 +61,7 @@ export const FLAGS: readonly Flag[] = [
   { name: 'warmup_ratio', kind: 'float', default: 0.1, help: 'warmup fraction of the steps (Tevatron: 0.1)', scripts: T, group: 'training' },
   { name: 'do_encode', kind: 'bool', default: false, help: 'accepted for compatibility; unused', scripts: E, group: 'training' },
   // Hugging Face TrainingArguments
-  { name: 'output_dir', kind: 'string', default: null, help: 'where checkpoints, the model and logs go', scripts: TE, group: 'training' },
+  { name: 'output_dir', kind: 'string', default: null, help: 'where checkpoints, the model and logs go', scripts: ['train', 'encode', 'push_to_hub'], group: 'training' },
   { name: 'overwrite_output_dir', kind: 'bool', default: false, help: 'allow a non-empty output_dir', scripts: T, group: 'training' },
   { name: 'do_train', kind: 'bool', default: false, help: 'train (accepted as in Tevatron)', scripts: T, group: 'training' },
   { name: 'per_device_train_batch_size', kind: 'int', default: 8, help: 'queries per process per step', scripts: T, group: 'training' },
@@ -83,6 +84,14 @@ export const FLAGS: readonly Flag[] = [
   { name: 'fp16', kind: 'bool', default: false, help: 'accepted; tfjs has no float16, so training stays in float32 (a warning says so)', scripts: TE, group: 'training' },
   { name: 'dataloader_num_workers', kind: 'int', default: 0, help: 'accepted for compatibility', scripts: TE, group: 'training' },
   { name: 'resume_from_checkpoint', kind: 'optional', default: null, help: 'a checkpoint directory, or true for the latest in output_dir', scripts: T, group: 'training' },
+  { name: 'report_to', kind: 'string', default: 'all', choices: ['all', 'none', 'tensorboard'], help: 'TensorBoard event files (needs the tensorflow backend), none, or all available', scripts: T, group: 'training' },
+  { name: 'logging_dir', kind: 'string', default: null, help: 'TensorBoard dir (default: output_dir/runs/<MonDD_HH-MM-SS>_<host>; a resumed run keeps its own)', scripts: T, group: 'training' },
+  { name: 'run_name', kind: 'string', default: null, help: 'a name for the run, in the model card and report.html (default: output_dir)', scripts: T, group: 'training' },
+  { name: 'push_to_hub', kind: 'bool', default: false, help: 'upload the model directory to the hub (HF_ENDPOINT), as --hub_strategy says', scripts: T, group: 'training' },
+  { name: 'hub_model_id', kind: 'string', default: null, help: "org/name, or name in the token owner's namespace (default: the output_dir's name)", scripts: TP, group: 'training' },
+  { name: 'hub_token', kind: 'string', default: null, help: 'a token with write access (default: HF_TOKEN)', scripts: TP, group: 'training' },
+  { name: 'hub_private_repo', kind: 'bool', default: null, help: "create the repo private (default: the namespace's default; an existing repo keeps its visibility)", scripts: TP, group: 'training' },
+  { name: 'hub_strategy', kind: 'string', default: 'every_save', choices: ['end', 'every_save'], help: 'push at the end only, or at every checkpoint save and at the end', scripts: T, group: 'training' },
   // search (Tevatron's faiss_retriever)
   { name: 'query_reps', kind: 'string', default: null, help: 'encoded queries (an encode.ts output)', scripts: S, group: 'data' },
   { name: 'passage_reps', kind: 'list', default: null, help: 'encoded passage shards: paths or globs (quote them)', scripts: S, group: 'data' },
@@ -251,6 +260,10 @@ function validate(a: Args, script: Script): Args {
     need('run', 'the ranking to evaluate');
     if (a.qrels === null && a.queries === null) throw new Error('pass --qrels (relevance judgements) and/or --queries with --corpus (answer strings)');
     if ((a.queries === null) !== (a.corpus === null)) throw new Error('--queries and --corpus go together: answers are matched in the passages\' text');
+    return a;
+  }
+  if (script === 'push_to_hub') {
+    need('output_dir', 'the directory a training run wrote (its model, model card and logs are uploaded)');
     return a;
   }
   need('model_name_or_path', 'the model to start from (a directory or a hub id such as bert-base-uncased)');

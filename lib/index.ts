@@ -43,3 +43,6 @@ export { openStore, type TokenizedStore } from './data/store.ts';
 export { readLines, streamRows } from './data/stream.ts';
 export { checkExamples } from './data/sample.ts';
 export { exampleOptionsFromArgs, modelRequestFromArgs } from './model/pretrained.ts';
+export { openTensorboard, readEventScalars, loggedSteps, defaultLoggingDir, scalarTags, type TensorboardWriter, type ReportTo } from './tensorboard.ts';
+export { modelCard, type CardInput } from './model/card.ts';
+export { preparePush, pushFiles, hubFiles, type PushTarget } from './model/upload.ts';

@@ -18,8 +18,12 @@ import { broadcastParams } from '../lib/dist/tensors.ts';
 import { exampleOptionsFromArgs, loadDenseModel, modelRequestFromArgs } from '../lib/model/pretrained.ts';
 import { initAdamW, type ScheduleType } from '../lib/optim.ts';
 import { appendMetrics, readCheckpoint, resolveResume, writeCheckpoint, writeModel, type SavedModel, type TrainerState } from '../lib/outputs.ts';
+import { modelCard } from '../lib/model/card.ts';
+import { writeAtomic } from '../lib/model/hub.ts';
+import { hubFiles, preparePush, pushCommand, pushFiles } from '../lib/model/upload.ts';
 import { keyFromSeed } from '../lib/random.ts';
 import { reportHtml } from '../lib/report.ts';
+import { defaultLoggingDir, openTensorboard, type ReportTo } from '../lib/tensorboard.ts';
 import { schedulePlan, trainLoop, type LogRecord } from '../lib/trainer.ts';
 import type { TrainState } from '../lib/train.ts';
 
@@ -54,6 +58,11 @@ await runScript('train', async () => {
     throw new Error(`--output_dir ${outputDir} exists and is not empty; pass --overwrite_output_dir to train over it, or --resume_from_checkpoint to continue`);
   }
   if (a.fp16) say('warning: --fp16 ignored: TensorFlow.js has no float16 kernels, training runs in float32');
+  // Before any work, as Hugging Face's Trainer does at init: a missing token, no rights or no network fail now.
+  const push = main && a.push_to_hub
+    ? await preparePush({ hubModelId: a.hub_model_id as string | null, outputDir, token: a.hub_token as string | null, private: a.hub_private_repo as boolean | null })
+    : null;
+  if (push) say(`pushing to ${push.endpoint}/${push.repo} (${a.hub_strategy === 'end' ? 'at the end' : 'at every save and at the end'})`);
   await initBackend(a.backend as BackendChoice);
   const group: ProcessGroup & { close?(): void } = info.worldSize > 1 ? await connectTcpGroup(info) : singleProcessGroup();
 
@@ -90,11 +99,13 @@ await runScript('train', async () => {
 
   let state: TrainState = { params: loaded.params, optimizer: initAdamW(loaded.params), key: keyFromSeed(a.seed as number) };
   let history: Record<string, number>[] = [];
+  let runLoggingDir: string | null = null;
   if (resume) {
     const dir = resolveResume(resume, outputDir);
     const ckpt = await readCheckpoint(dir, a.untie_encoder as boolean, loaded.params);
     state = { params: ckpt.params, optimizer: ckpt.optimizer, key: state.key };
     history = ckpt.state.log_history;
+    runLoggingDir = typeof ckpt.state.logging_dir === 'string' ? ckpt.state.logging_dir : null;
     say(`resuming from ${dir} at step ${ckpt.state.global_step}`);
   } else if (group.worldSize > 1) {
     state.params = await broadcastParams(state.params, group, 0);
@@ -123,14 +134,23 @@ await runScript('train', async () => {
       (a.grad_cache ? `, grad cache ${a.gc_q_chunk_size}/${a.gc_p_chunk_size}` : '') +
       (a.negatives_x_device ? ', negatives across processes' : ''),
   );
+  // A resumed run continues its own TensorBoard curves (the dir its checkpoint names), unless --logging_dir says otherwise.
+  const loggingDir = (a.logging_dir as string | null) ?? runLoggingDir ?? defaultLoggingDir(outputDir);
+  const tb = main ? openTensorboard({ reportTo: a.report_to as ReportTo, dir: loggingDir, resume: resume !== null }) : null;
+  if (tb?.note) say(tb.note);
   const trainerState = (step: number, epoch: number): TrainerState => ({
     global_step: step, epoch, max_steps: plan.total, seed: a.seed as number, backend: backendInfo(), world_size: group.worldSize,
-    train_batch_size: loop.batchSize, log_history: history,
+    train_batch_size: loop.batchSize, logging_dir: loggingDir, log_history: history,
   });
+  const writeCard = () => writeAtomic(path.join(outputDir, 'README.md'), modelCard({
+    args: a, settings: loaded.settings, pooler: loaded.options.pooler ?? null, fromScratch: loaded.fromScratch, worldSize: group.worldSize, plan, history,
+    repoId: push?.repo ?? null, backend: describeBackend(),
+  }));
+  let pushFailure: string | null = null;
   const saved = (params: TrainState['params']): SavedModel => ({
     config: loaded.rawConfig, params, untied: a.untie_encoder as boolean, pooler: loaded.options.pooler ?? null, settings: loaded.settings, tokenizer: tok,
   });
-  const report = () => writeFile(path.join(outputDir, 'report.html'), reportHtml(`tevatron-ts: ${outputDir}`, history, { model: a.model_name_or_path as string, backend: describeBackend(), steps: plan.total }));
+  const report = () => writeFile(path.join(outputDir, 'report.html'), reportHtml(`tevatron-ts: ${(a.run_name as string | null) ?? outputDir}`, history, { model: a.model_name_or_path as string, backend: describeBackend(), steps: plan.total }));
   const t0 = performance.now();
   const firstStep = state.optimizer.step;
 
@@ -157,6 +177,7 @@ await runScript('train', async () => {
         clearBar();
         console.log(`step ${r.step}/${plan.total}  epoch ${r.epoch.toFixed(2)}  loss ${r.loss.toFixed(4)}  lr ${r.learning_rate.toExponential(2)}  grad_norm ${r.grad_norm.toFixed(3)}  ${r.samples_per_second.toFixed(1)} samples/s  eta ${eta.toFixed(0)} s`);
         await appendMetrics(outputDir, r);
+        tb?.writer?.write({ ...r });
         await report();
       },
       onStep: async (s, step, epoch, final) => {
@@ -169,16 +190,32 @@ await runScript('train', async () => {
         clearBar();
         console.log(`eval at step ${step}: ${Object.entries(metrics).map(([k, v]) => `${k.replace('eval_', '')} ${v.toFixed(4)}`).join('  ')}`);
         await appendMetrics(outputDir, record);
+        tb?.writer?.write(record);
       },
       onSave: async (s, step, epoch, final) => {
         if (!main) return;
-        if (step % loop.saveSteps === 0) await writeCheckpoint(outputDir, saved(s.params), s.optimizer, trainerState(step, epoch), a.save_total_limit as number | null);
+        const checkpoint = step % loop.saveSteps === 0 ? await writeCheckpoint(outputDir, saved(s.params), s.optimizer, trainerState(step, epoch), a.save_total_limit as number | null) : null;
+        if (push && checkpoint && !final && a.hub_strategy === 'every_save') {
+          await writeCard();
+          // A failed push mid-run costs nothing that the push at the end does not redo: training goes on.
+          await pushFiles(push, hubFiles(outputDir, checkpoint), `Training in progress, step ${step}`).then(
+            (c) => say(`pushed step ${step} to ${push.repo} (${c.commit.slice(0, 10)})`),
+            (e: Error) => say(`warning: ${e.message}; training goes on, the end of training pushes again`),
+          );
+        }
         if (final) {
           await writeModel(outputDir, saved(s.params), true);
           await writeFile(path.join(outputDir, 'trainer_state.json'), JSON.stringify(trainerState(step, epoch), null, 2) + '\n');
           await report();
+          await writeCard();
           clearBar();
           console.log(`saved the model to ${outputDir} after ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+          if (push) {
+            await pushFiles(push, hubFiles(outputDir), 'End of training').then(
+              (c) => say(`pushed ${outputDir} to ${c.url}`),
+              (e: Error) => (pushFailure = `${e.message}. The model and logs are saved in ${outputDir}; push them with: ${pushCommand(outputDir, push.repo)}`),
+            );
+          }
         }
       },
     },
@@ -186,4 +223,5 @@ await runScript('train', async () => {
   if (group.worldSize > 1) await group.barrier();
   data.store?.close();
   group.close?.();
+  if (pushFailure) throw new Error(pushFailure);
 });

@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { loadModelDir, saveModelDir, type Pooler } from '../lib/model/checkpoint.ts';
 import { parseSafetensors } from '../lib/model/safetensors.ts';
 import type { ParamMap } from '../lib/model/types.ts';
-import { disposeAll } from './helpers.ts';
+import { disposeAll, rejects } from './helpers.ts';
 
 const FIXTURES = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures/checkpoint');
 type Ref = Record<string, { shape: number[]; first: number[]; sum: number }>;
@@ -55,17 +55,6 @@ async function assertSameParams(a: ParamMap, b: ParamMap, what: string): Promise
 
 async function tempDir(): Promise<string> {
   return mkdtemp(path.join(os.tmpdir(), 'tevatron-ckpt-'));
-}
-
-async function rejects(promise: Promise<unknown>, pattern: RegExp, what: string): Promise<string> {
-  try {
-    await promise;
-  } catch (e) {
-    const message = (e as Error).message;
-    assert.match(message, pattern, `${what}: message was: ${message}`);
-    return message;
-  }
-  throw new Error(`${what}: expected an error matching ${pattern}`);
 }
 
 function randomPooler(tied: boolean, inDim = 16, outDim = 8): Pooler {

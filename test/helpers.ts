@@ -1,9 +1,9 @@
 // Shared test setup: start the backend named by TEVATRON_BACKEND (the runner sets it), small random
 // batches, and comparisons of parameter maps.
-import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
 import * as tf from '@tensorflow/tfjs';
 import { test } from 'uvu';
+import * as assert from 'uvu/assert';
 import { initBackend } from '../lib/backend.ts';
 import { collateGroups, type SpecialTokens } from '../lib/data/collator.ts';
 import type { Group } from '../lib/data/sample.ts';
@@ -99,11 +99,64 @@ export function testUnless(skipReason: string | null, name: string, fn: () => un
 }
 
 /**
- * A Python that imports `modules` (TORCH_PYTHON, else .venv/bin/python), or the reason there is none:
- * for tests that check files against Python's own readers.
+ * A Python that imports every one of `modules` (TORCH_PYTHON, else ./.venv/bin/python), for tests that
+ * compare with Python tools; otherwise the reason, for testUnless.
  */
-export function pythonWith(modules: string[]): { python: string | null; reason: string | null } {
-  const candidates = [process.env.TORCH_PYTHON, '.venv/bin/python'].filter((p): p is string => !!p && existsSync(p));
-  for (const p of candidates) if (spawnSync(p, ['-c', `import ${modules.join(', ')}`]).status === 0) return { python: p, reason: null };
-  return { python: null, reason: `no Python with ${modules.join(', ')} (set TORCH_PYTHON or create .venv)` };
+export function pythonWith(modules: string[]): { python: string; reason: null } | { python: null; reason: string } {
+  const candidates = [process.env.TORCH_PYTHON, '.venv/bin/python'].filter((p): p is string => !!p);
+  for (const python of candidates) {
+    const r = spawnSync(python, ['-c', `import ${modules.join(', ')}`], { encoding: 'utf8', timeout: 120_000 });
+    if (r.status === 0) return { python, reason: null };
+  }
+  return { python: null, reason: `no Python with ${modules.join(' and ')} (set TORCH_PYTHON, or make ./.venv)` };
+}
+
+/**
+ * Runs scripts/<script> as a user runs it (a child process): exit code, stdout, stderr. Asynchronous, so a
+ * server the test runs in this process (a stand-in hub) keeps answering.
+ */
+export function runScriptFile(script: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', `scripts/${script}`, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, out, err }));
+  });
+}
+
+/** Runs `fn` with these environment variables set (undefined: unset), then restores them. */
+export async function withEnv<T>(vars: Record<string, string | undefined>, fn: () => Promise<T>): Promise<T> {
+  const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
+  const set = (k: string, v: string | undefined) => (v === undefined ? delete process.env[k] : (process.env[k] = v));
+  for (const [k, v] of Object.entries(vars)) set(k, v);
+  try {
+    return await fn();
+  } finally {
+    for (const [k, v] of Object.entries(saved)) set(k, v);
+  }
+}
+
+/** Awaits a promise that must reject with a message matching `pattern`; returns the message. */
+export async function rejects(promise: Promise<unknown>, pattern: RegExp, what: string): Promise<string> {
+  try {
+    await promise;
+  } catch (e) {
+    const message = (e as Error).message;
+    assert.match(message, pattern, `${what}: message was: ${message}`);
+    return message;
+  }
+  throw new Error(`${what}: expected an error matching ${pattern}`);
+}
+
+/** Makes this process's fetch refuse any host but 127.0.0.1 (tests talk to stand-in servers only). */
+export function loopbackOnlyFetch(): void {
+  const realFetch = globalThis.fetch;
+  globalThis.fetch = ((input: string | URL | Request, init?: RequestInit) => {
+    const url = new URL(input instanceof Request ? input.url : input.toString());
+    if (url.hostname !== '127.0.0.1') return Promise.reject(new Error(`test guard: refused a request to ${url.host}`));
+    return realFetch(input, init);
+  }) as typeof fetch;
 }

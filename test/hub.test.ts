@@ -16,15 +16,10 @@ import { loadModelDir, saveModelDir } from '../lib/model/checkpoint.ts';
 import { hubCacheDir, parseHubId, repoCacheDir, resolveModel } from '../lib/model/hub.ts';
 import type { ParamMap } from '../lib/model/types.ts';
 import * as tf from '@tensorflow/tfjs';
-import { disposeAll } from './helpers.ts';
+import { disposeAll, loopbackOnlyFetch, rejects, withEnv } from './helpers.ts';
 
 const FIXTURES = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures/checkpoint');
-const realFetch = globalThis.fetch;
-globalThis.fetch = ((input: string | URL | Request, init?: RequestInit) => {
-  const url = new URL(input instanceof Request ? input.url : input.toString());
-  if (url.hostname !== '127.0.0.1') return Promise.reject(new Error(`test guard: refused a request to ${url.host}`));
-  return realFetch(input, init);
-}) as typeof fetch;
+loopbackOnlyFetch();
 
 type Files = Record<string, Uint8Array>;
 interface Repo {
@@ -115,17 +110,6 @@ async function startHub(repos: Record<string, Repo>): Promise<Hub> {
 
 const tempDir = () => mkdtemp(path.join(os.tmpdir(), 'tevatron-hub-'));
 
-async function rejects(promise: Promise<unknown>, pattern: RegExp, what: string): Promise<string> {
-  try {
-    await promise;
-  } catch (e) {
-    const message = (e as Error).message;
-    assert.match(message, pattern, `${what}: message was: ${message}`);
-    return message;
-  }
-  throw new Error(`${what}: expected an error matching ${pattern}`);
-}
-
 async function assertSameParams(a: ParamMap, b: ParamMap, what: string): Promise<void> {
   assert.equal(Object.keys(a).sort(), Object.keys(b).sort(), `${what}: names`);
   for (const name of Object.keys(b)) {
@@ -134,17 +118,6 @@ async function assertSameParams(a: ParamMap, b: ParamMap, what: string): Promise
 }
 
 /** Runs `fn` with environment variables set (undefined: unset), then restores them. */
-async function withEnv<T>(vars: Record<string, string | undefined>, fn: () => Promise<T>): Promise<T> {
-  const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
-  const set = (k: string, v: string | undefined) => (v === undefined ? delete process.env[k] : (process.env[k] = v));
-  for (const [k, v] of Object.entries(vars)) set(k, v);
-  try {
-    return await fn();
-  } finally {
-    for (const [k, v] of Object.entries(saved)) set(k, v);
-  }
-}
-
 const CLEAN_ENV = { HF_ENDPOINT: undefined, HF_HUB_OFFLINE: undefined, HF_TOKEN: undefined, HF_HUB_CACHE: undefined, HUGGINGFACE_HUB_CACHE: undefined };
 
 let hub: Hub;

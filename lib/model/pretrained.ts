@@ -49,6 +49,8 @@ export interface LoadedModel {
   tokenizer: Tokenizer;
   /** What happened, for the log: e.g. "initialised randomly". */
   notes: string[];
+  /** The directory had no weights: the model starts from a random initialisation. */
+  fromScratch: boolean;
 }
 
 function readSettings(dir: string): Partial<EncoderSettings> {
@@ -113,7 +115,7 @@ export async function loadDenseModel(req: ModelRequest): Promise<LoadedModel> {
     notes.push(`no pooler in ${dir}: training one from scratch (${pooler.inDim} -> ${pooler.outDim})`);
     Object.assign(params, initPoolerParams(pooler, foldIn(key, 1), req.untied));
   }
-  return { dir, config, rawConfig, params, model: denseBiEncoder(config, options), options, settings, tokenizer, notes };
+  return { dir, config, rawConfig, params, model: denseBiEncoder(config, options), options, settings, tokenizer, notes, fromScratch: !hasWeights };
 }
 
 /** The model part of a train/encode command line; encoder settings only where the user set them. */
