@@ -3,7 +3,7 @@ import path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { rankFromEnv } from '../lib/dist/env.ts';
-import { hugePageTunables, launchWorkers } from '../lib/dist/launch.ts';
+import { hugePageTunables, lastMeaningfulLine, launchWorkers } from '../lib/dist/launch.ts';
 import { freePort } from './helpers.ts';
 
 const worker = path.resolve('test/fixtures/dist_worker.ts');
@@ -16,7 +16,7 @@ async function runWorkers(W: number, mode = ''): Promise<{ code: number | null; 
     Array.from({ length: W }, (_, rank) =>
       new Promise<{ code: number | null; out: string; err: string; ms: number }>((resolve) => {
         const child = spawn(process.execPath, ['--import', 'tsx', worker], {
-          env: { ...process.env, RANK: String(rank), WORLD_SIZE: String(W), LOCAL_RANK: String(rank), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port), MODE: mode },
+          env: { ...process.env, RANK: String(rank), WORLD_SIZE: String(W), LOCAL_RANK: String(rank), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port), MODE: mode, TEVATRON_JOB_SECRET: 'dist-test-secret-0123456789' },
         });
         let out = '';
         let err = '';
@@ -37,11 +37,42 @@ test('rank discovery: ours/torchrun, SLURM, OpenMPI, none', () => {
   assert.throws(() => rankFromEnv({ RANK: 'x', WORLD_SIZE: '4' }), /RANK=x is not a non-negative integer/);
 });
 
+test('--local_rank as torch.distributed.launch passes it: the local rank when LOCAL_RANK is absent, an error when they disagree', () => {
+  assert.is(rankFromEnv({ RANK: '3', WORLD_SIZE: '4' }, 1).localRank, 1);
+  assert.is(rankFromEnv({ RANK: '3', WORLD_SIZE: '4', LOCAL_RANK: '1' }, 1).localRank, 1);
+  assert.is(rankFromEnv({ RANK: '3', WORLD_SIZE: '4', LOCAL_RANK: '1' }).localRank, 1, 'no flag: LOCAL_RANK');
+  assert.throws(() => rankFromEnv({ RANK: '3', WORLD_SIZE: '4', LOCAL_RANK: '0' }, 1), /--local_rank 1 disagrees with LOCAL_RANK=0/);
+  assert.throws(() => rankFromEnv({ LOCAL_RANK: '0' }, 2), /--local_rank 2 disagrees with LOCAL_RANK=0/);
+});
+
+test("a worker's last meaningful error line: an uncaught error's message, not Node's version footer or its stack", () => {
+  // what Node 20 prints for an uncaught error with a property (written out by hand)
+  const crash = [
+    'file:///w/worker.mjs:12',
+    "    throw Object.assign(new Error('boom'), { code: 'E_BOOM' });",
+    '    ^',
+    '',
+    'Error: boom',
+    '    at Timeout._onTimeout (file:///w/worker.mjs:12:11)',
+    '    at listOnTimeout (node:internal/timers:581:17)',
+    '    at process.processTimers (node:internal/timers:519:7) {',
+    "  code: 'E_BOOM'",
+    '}',
+    '',
+    'Node.js v20.20.2',
+    '',
+  ].join('\n');
+  assert.is(lastMeaningfulLine(crash), 'Error: boom');
+  assert.is(lastMeaningfulLine('step 1\ntrain: --output_dir out exists and is not empty\n'), 'train: --output_dir out exists and is not empty');
+  assert.is(lastMeaningfulLine('oops\n\nNode.js v22.1.0\n'), 'oops');
+  assert.is(lastMeaningfulLine(''), '');
+});
+
 test('TCP group of 3 processes: ring all-reduce (sum, mean), all-gather in rank order, broadcast, barrier', async () => {
   const W = 3;
   const results = await runWorkers(W);
   for (const r of results) assert.is(r.code, 0, r.err);
-  const parsed = results.map((r) => JSON.parse(r.out));
+  const parsed = results.map((r) => JSON.parse(r.out.split('\n').find((l) => l.startsWith('{'))!));
   const expectSum = Array.from({ length: 10 }, (_, i) => (0 + 100 + 200) + 3 * i);
   for (const p of parsed) {
     assert.equal(p.sum, expectSum);
