@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { jobSecret } from '../lib/dist/auth.ts';
 import { rankFromEnv } from '../lib/dist/env.ts';
 import { hugePageTunables, lastMeaningfulLine, launchWorkers } from '../lib/dist/launch.ts';
 import { freePort } from './helpers.ts';
@@ -110,6 +111,47 @@ test('the launcher sets torchrun variables; a failing worker stops the others an
   // the worker's environment: its own GPU, and glibc's huge pages added to the caller's tunables
   assert.equal(bad.failure, { rank: 1, code: 7, signal: null, lastError: 'rank 1: something broke (CUDA_VISIBLE_DEVICES=1, GLIBC_TUNABLES=glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1)' });
   assert.ok(Date.now() - started < 10_000, 'rank 0 (sleeping) was stopped');
+});
+
+test('the launcher gives the workers of a job one new random secret, another for the next job; a job on several nodes must set it', async () => {
+  const saved = process.env.TEVATRON_JOB_SECRET;
+  delete process.env.TEVATRON_JOB_SECRET;
+  try {
+    const secrets = async (o: { secret?: string } = {}) => {
+      const out: string[] = [];
+      const r = await launchWorkers({
+        nprocPerNode: 2, nnodes: 1, nodeRank: 0, masterAddr: '127.0.0.1', masterPort: 1, pinGpus: false, ...o,
+        script: path.resolve('test/fixtures/launch_worker.mjs'), args: ['secret'], write: (_, s, t) => void out.push(t),
+      });
+      assert.is(r.code, 0, out.join(''));
+      return out.join('').split('\n').filter((l) => l.startsWith('secret ')).sort();
+    };
+    const [a, b] = [await secrets(), await secrets()];
+    assert.is(a.length, 2);
+    assert.is(a[0], a[1], 'one secret per job');
+    assert.match(a[0], / length 64$/, '32 random bytes in hex');
+    assert.is.not(a[0], b[0], 'a new one per job');
+    const given = await secrets({ secret: 'a-secret-chosen-by-the-user' });
+    assert.is(given[0], given[1]);
+    assert.throws(() => launchWorkers({ nprocPerNode: 1, nnodes: 2, nodeRank: 0, masterAddr: 'h', masterPort: 1, script: 'x.mjs', args: [] }), /a job on 2 nodes needs TEVATRON_JOB_SECRET/);
+  } finally {
+    if (saved !== undefined) process.env.TEVATRON_JOB_SECRET = saved;
+  }
+});
+
+test('without TEVATRON_JOB_SECRET, or with a short one, a multi-process rank stops with one line saying how to set it', async () => {
+  assert.throws(() => jobSecret({}), /^TEVATRON_JOB_SECRET is not set: .* export TEVATRON_JOB_SECRET=\$\(openssl rand -hex 32\)$/);
+  assert.throws(() => jobSecret({ TEVATRON_JOB_SECRET: 'short' }), /TEVATRON_JOB_SECRET has 5 characters, fewer than 16/);
+  assert.is(jobSecret({ TEVATRON_JOB_SECRET: 'x'.repeat(16) }), 'x'.repeat(16));
+  const r = await new Promise<{ code: number | null; err: string }>((resolve) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', worker], { env: { ...process.env, RANK: '1', WORLD_SIZE: '2', MASTER_PORT: '1', TEVATRON_JOB_SECRET: '' } });
+    let err = '';
+    child.stderr.on('data', (d) => (err += d));
+    child.on('close', (code) => resolve({ code, err }));
+  });
+  assert.is(r.code, 1);
+  assert.equal(r.err.trim().split('\n').length, 1, r.err);
+  assert.match(r.err, /rank 1: TEVATRON_JOB_SECRET is not set/);
 });
 
 test('huge pages join GLIBC_TUNABLES unless the caller chose glibc.malloc.hugetlb', () => {

@@ -95,3 +95,13 @@ export function testUnless(skipReason: string | null, name: string, fn: () => un
   console.log(`  (skipped: ${name}: ${skipReason})`);
   test.skip(name, fn as () => void);
 }
+
+/**
+ * For tests that use no backend (processes, sockets): null in one pass of `npm test` (the first backend of
+ * TEVATRON_TEST_BACKENDS, else wasm, which every default run has), else the reason they skip (for testUnless).
+ */
+export function oncePerRun(): string | null {
+  const current = process.env.TEVATRON_BACKEND;
+  const first = process.env.TEVATRON_TEST_BACKENDS?.split(',').filter(Boolean)[0] ?? 'wasm';
+  return current && current !== first ? `uses no backend: runs once per npm test, in the ${first} pass` : null;
+}

@@ -12,12 +12,13 @@ import { jobId, newNonce, proof } from '../lib/dist/auth.ts';
 import { connectTcpGroup, FRAME } from '../lib/dist/tcp.ts';
 import type { RankInfo } from '../lib/dist/env.ts';
 import { PyRandom } from '../lib/data/pyrandom.ts';
-import { freePort, testUnless } from './helpers.ts';
+import { freePort, oncePerRun, testUnless } from './helpers.ts';
 
 const worker = path.resolve('test/fixtures/dist_worker.ts');
 const launcher = path.resolve('scripts/launch.ts');
 const SECRET = 'reliability-test-secret-0123456789abcdef';
 const SUM = Array.from({ length: 10 }, (_, i) => 300 + 3 * i); // the fixture's first all-reduce over 3 ranks
+const once = oncePerRun(); // none of these tests uses a backend
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 interface Proc {
@@ -144,7 +145,7 @@ function listeningAddresses(pid: number): { v4: string[]; v6: string[] } {
   return { v4: listen('/proc/net/tcp'), v6: existsSync('/proc/net/tcp6') ? listen('/proc/net/tcp6') : [] };
 }
 
-testUnless(existsSync('/proc/net/tcp') ? null : 'no /proc/net/tcp (not Linux)', 'with MASTER_ADDR=127.0.0.1 every listening socket of every rank is on 127.0.0.1, not on all interfaces', async () => {
+testUnless(once ?? (existsSync('/proc/net/tcp') ? null : 'no /proc/net/tcp (not Linux)'), 'with MASTER_ADDR=127.0.0.1 every listening socket of every rank is on 127.0.0.1, not on all interfaces', async () => {
   const port = await freePort();
   const r0 = rank(0, 3, port);
   const r1 = rank(1, 3, port);
@@ -170,7 +171,7 @@ testUnless(existsSync('/proc/net/tcp') ? null : 'no /proc/net/tcp (not Linux)', 
 
 // ---- rogue connections
 
-test('garbage sent to the rendezvous port is refused with a logged reason; nothing listens mid-run; the run finishes correctly', async () => {
+testUnless(once, 'garbage sent to the rendezvous port is refused with a logged reason; nothing listens mid-run; the run finishes correctly', async () => {
   const port = await freePort();
   const r0 = rank(0, 2, port, { MODE: 'steps' });
   let r1: Proc | undefined;
@@ -194,7 +195,7 @@ test('garbage sent to the rendezvous port is refused with a logged reason; nothi
   }
 });
 
-test('a process that claims to be rank 1 without the secret learns nothing and is refused; so are a replayed and a reflected proof; the job is unaffected', async () => {
+testUnless(once, 'a process that claims to be rank 1 without the secret learns nothing and is refused; so are a replayed and a reflected proof; the job is unaffected', async () => {
   const port = await freePort();
   const r0 = rank(0, 2, port);
   let r1: Proc | undefined;
@@ -232,7 +233,7 @@ test('a process that claims to be rank 1 without the secret learns nothing and i
   }
 });
 
-test('a silent connection is dropped after the handshake timeout and does not keep the job from exiting', async () => {
+testUnless(once, 'a silent connection is dropped after the handshake timeout and does not keep the job from exiting', async () => {
   const procs: Proc[] = [];
   try {
     // during a long rendezvous: dropped after the handshake timeout (2 s here)
@@ -260,7 +261,7 @@ test('a silent connection is dropped after the handshake timeout and does not ke
   }
 });
 
-test('two jobs on one MASTER_PORT: the second job\'s ranks fail naming the clash, the first job finishes', async () => {
+testUnless(once, 'two jobs on one MASTER_PORT: the second job\'s ranks fail naming the clash, the first job finishes', async () => {
   const port = await freePort();
   const a0 = rank(0, 2, port);
   let a1: Proc | undefined;
@@ -285,7 +286,7 @@ test('two jobs on one MASTER_PORT: the second job\'s ranks fail naming the clash
 
 // ---- frozen and killed ranks
 
-test('a frozen rank (SIGSTOP) ends the others within --ddp_timeout, naming it', async () => {
+testUnless(once, 'a frozen rank (SIGSTOP) ends the others within --ddp_timeout, naming it', async () => {
   const port = await freePort();
   const env = { MODE: 'stop', DDP_TIMEOUT: '5' };
   const ranks = [0, 1, 2].map((r) => rank(r, 3, port, env));
@@ -303,7 +304,7 @@ test('a frozen rank (SIGSTOP) ends the others within --ddp_timeout, naming it', 
   }
 });
 
-test('a rank killed with kill -9 ends every other rank within 10 s, naming it', async () => {
+testUnless(once, 'a rank killed with kill -9 ends every other rank within 10 s, naming it', async () => {
   const port = await freePort();
   const ranks = [0, 1, 2].map((r) => rank(r, 3, port, { MODE: 'hang', DDP_TIMEOUT: '120' }));
   try {
@@ -325,7 +326,7 @@ test('a rank killed with kill -9 ends every other rank within 10 s, naming it', 
 
 const launch = (args: string[], env: Record<string, string> = {}) => start([launcher, ...args], { MASTER_ADDR: '', ...env });
 
-test('launch.ts: a frozen worker ends the job within --ddp_timeout; the launcher fails naming it and leaves no process behind', async () => {
+testUnless(once, 'launch.ts: a frozen worker ends the job within --ddp_timeout; the launcher fails naming it and leaves no process behind', async () => {
   const l = launch(['--nproc_per_node', '3', '--master_port', String(await freePort()), worker], { MODE: 'stop', DDP_TIMEOUT: '5' });
   try {
     const { code } = await l.exited;
@@ -339,7 +340,7 @@ test('launch.ts: a frozen worker ends the job within --ddp_timeout; the launcher
   }
 });
 
-test('launch.ts: a worker killed with kill -9 is named as the culprit', async () => {
+testUnless(once, 'launch.ts: a worker killed with kill -9 is named as the culprit', async () => {
   const l = launch(['--nproc_per_node', '3', '--master_port', String(await freePort()), worker], { MODE: 'hang' });
   try {
     await l.waitFor(/^ready$/m);
@@ -354,7 +355,7 @@ test('launch.ts: a worker killed with kill -9 is named as the culprit', async ()
   }
 });
 
-test('launch.ts stopped by SIGTERM says so (not "rank 0"), exits 143 and stops every worker', async () => {
+testUnless(once, 'launch.ts stopped by SIGTERM says so (not "rank 0"), exits 143 and stops every worker', async () => {
   const l = launch(['--nproc_per_node', '2', path.resolve('test/fixtures/launch_worker.mjs')]);
   try {
     await l.waitFor(/rank 0[\s\S]*rank 1|rank 1[\s\S]*rank 0/);
@@ -369,7 +370,7 @@ test('launch.ts stopped by SIGTERM says so (not "rank 0"), exits 143 and stops e
   }
 });
 
-test("launch.ts names a worker's uncaught exception by its message, not by Node's version line", async () => {
+testUnless(once, "launch.ts names a worker's uncaught exception by its message, not by Node's version line", async () => {
   const l = launch(['--nproc_per_node', '2', path.resolve('test/fixtures/launch_worker.mjs'), 'throw-rank-1']);
   try {
     const { code } = await l.exited;
@@ -407,7 +408,7 @@ async function mutatingProxy(to: number, direction: 'up' | 'down', mutate: (chun
   return { port: (server.address() as net.AddressInfo).port, close: () => (server.close(), sockets.forEach((s) => s.destroy())) };
 }
 
-test('fuzz: random mutations of valid handshake and data frames end in the group\'s own error or a clean result, never an uncaught exception or a hang', async () => {
+testUnless(once, 'fuzz: random mutations of valid handshake and data frames end in the group\'s own error or a clean result, never an uncaught exception or a hang', async () => {
   const rng = new PyRandom(16);
   const problems: string[] = [];
   const onUncaught = (e: unknown) => problems.push(`uncaught: ${(e as Error)?.stack ?? e}`);
