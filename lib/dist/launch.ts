@@ -79,7 +79,7 @@ function gpuBackendInstalled(): boolean {
 
 export function launchWorkers(o: LaunchOptions): Promise<LaunchResult> {
   const world = o.nprocPerNode * o.nnodes;
-  const secret = o.secret ?? process.env[SECRET_VAR] ?? (o.nnodes === 1 ? newJobSecret() : undefined);
+  const secret = o.secret ?? (process.env[SECRET_VAR] || (o.nnodes === 1 ? newJobSecret() : undefined));
   if (secret === undefined) {
     throw new Error(`a job on ${o.nnodes} nodes needs ${SECRET_VAR}: export the same random value on every node before launching, e.g. export ${SECRET_VAR}=$(openssl rand -hex 32)`);
   }
