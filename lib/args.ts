@@ -83,6 +83,8 @@ export const FLAGS: readonly Flag[] = [
   { name: 'gradient_accumulation_steps', kind: 'int', default: 1, help: 'micro-batches per optimizer step', scripts: T, group: 'training' },
   { name: 'fp16', kind: 'bool', default: false, help: 'accepted; tfjs has no float16, so training stays in float32 (a warning says so)', scripts: TE, group: 'training' },
   { name: 'dataloader_num_workers', kind: 'int', default: 0, help: 'accepted for compatibility', scripts: TE, group: 'training' },
+  { name: 'local_rank', kind: 'int', default: -1, help: "this process's rank on its node, as python -m torch.distributed.launch passes it (must agree with LOCAL_RANK when that is set)", scripts: TE, group: 'training' },
+  { name: 'ddp_timeout', kind: 'int', default: 1800, help: 'seconds a rank waits for the others in a collective, and the longest any rank may stay silent (stopped, frozen) before the job stops naming it', scripts: T, group: 'training' },
   { name: 'resume_from_checkpoint', kind: 'optional', default: null, help: 'a checkpoint directory, or true for the latest in output_dir', scripts: T, group: 'training' },
   { name: 'report_to', kind: 'string', default: 'all', choices: ['all', 'none', 'tensorboard'], help: 'TensorBoard event files (needs the tensorflow backend), none, or all available', scripts: T, group: 'training' },
   { name: 'logging_dir', kind: 'string', default: null, help: 'TensorBoard dir (default: output_dir/runs/<MonDD_HH-MM-SS>_<host>; a resumed run keeps its own)', scripts: T, group: 'training' },
@@ -270,6 +272,7 @@ function validate(a: Args, script: Script): Args {
   positive('q_max_len');
   positive('p_max_len');
   if ((a.q_max_len as number) < 3 || (a.p_max_len as number) < 3) throw new Error('--q_max_len and --p_max_len must leave room for [CLS], [SEP] and a token (>= 3)');
+  if ((a.local_rank as number) < -1) throw new Error(`--local_rank must be >= 0 (or -1: not given), got ${a.local_rank}`);
   if (a.add_pooler) {
     positive('projection_in_dim');
     positive('projection_out_dim');
@@ -277,7 +280,7 @@ function validate(a: Args, script: Script): Args {
   if (script === 'train') {
     need('output_dir', 'where the trained model and checkpoints go');
     if (a.train_dir === null && a.dataset_name === null) throw new Error('training data is required: pass --train_dir FILE_OR_DIR or --dataset_name org/name');
-    for (const name of ['per_device_train_batch_size', 'train_n_passages', 'learning_rate', 'gradient_accumulation_steps', 'logging_steps', 'save_steps', 'temperature', 'dataset_proc_num']) positive(name);
+    for (const name of ['per_device_train_batch_size', 'train_n_passages', 'learning_rate', 'gradient_accumulation_steps', 'logging_steps', 'save_steps', 'temperature', 'dataset_proc_num', 'ddp_timeout']) positive(name);
     if (a.grad_cache) for (const name of ['gc_q_chunk_size', 'gc_p_chunk_size']) positive(name);
     if (a.max_steps !== -1) positive('max_steps');
     if (a.max_steps === -1) positive('num_train_epochs');

@@ -6,7 +6,7 @@ export { contrastiveLoss, contrastiveScores, groupSize, type LossOptions } from 
 export { allGatherRows, spliceLocalRows, lossAndRepGradients, type RepLossOptions, type RepLoss } from './gather.ts';
 export { fullBatchStep, paramGradients, accumulate, sideRng, type StepOptions, type StepResult, type TrainBatch } from './step.ts';
 export { gradCacheStep, type GradCacheOptions } from './gradcache.ts';
-export { singleProcessGroup, localProcessGroups, type ProcessGroup, type ReduceOp } from './dist/group.ts';
+export { singleProcessGroup, localProcessGroups, DEFAULT_TIMEOUT_MS, type ProcessGroup, type ReduceOp, type GroupOptions } from './dist/group.ts';
 export { allReduceParams, broadcastParams, flattenParams, unflattenParams } from './dist/tensors.ts';
 export { sampleGroup, arraySource, type TrainExample, type TrainSource, type Group, type SampleOptions } from './data/sample.ts';
 export { collateGroups, collateSequences, rowSlice, type TokenBatch, type SpecialTokens, type CollateOptions } from './data/collator.ts';
@@ -30,7 +30,8 @@ export { parseArgs, helpText, FLAGS, type Args } from './args.ts';
 export { trainLoop, schedulePlan, type LoopOptions, type LoopHooks, type LogRecord } from './trainer.ts';
 export { listDataFiles, readRows, loadTrainExamples, toTrainExample, passageText, type ExampleOptions, type Tokenize } from './data/load.ts';
 export { rankFromEnv, type RankInfo } from './dist/env.ts';
-export { connectTcpGroup } from './dist/tcp.ts';
+export { connectTcpGroup, type TcpGroupOptions } from './dist/tcp.ts';
+export { jobSecret, newJobSecret, SECRET_VAR } from './dist/auth.ts';
 export { bertConfigFromJson, bertForward, initBertParams, layerNorm, type BertConfig } from './model/bert.ts';
 export { denseBiEncoder, initDenseParams, initPoolerParams, poolHidden, l2Normalize, POOLINGS, type Pooling, type DenseOptions } from './model/dense.ts';
 export { loadDenseModel, splitPooler, SETTINGS_FILE, type LoadedModel, type ModelRequest, type EncoderSettings } from './model/pretrained.ts';

@@ -6,10 +6,12 @@ import { initBackend, type BackendChoice } from '../lib/backend.ts';
 import { runScript, scriptArgs } from '../lib/cli.ts';
 import { toEncodeItem } from '../lib/data/load.ts';
 import { streamRows } from '../lib/data/stream.ts';
+import { rankFromEnv } from '../lib/dist/env.ts';
 import { exampleOptionsFromArgs, loadDenseModel, modelRequestFromArgs } from '../lib/model/pretrained.ts';
 
 await runScript('encode', async () => {
   const a = scriptArgs('encode');
+  rankFromEnv(process.env, a.local_rank as number); // --local_rank from torch.distributed.launch must agree with LOCAL_RANK
   const backend = await initBackend(a.backend as BackendChoice);
   const loaded = await loadDenseModel(modelRequestFromArgs(a));
   loaded.notes.forEach((n) => console.error(n));

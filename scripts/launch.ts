@@ -1,5 +1,6 @@
 // `npx tsx scripts/launch.ts --nproc_per_node N [--nnodes M --node_rank R --master_addr A --master_port P] SCRIPT ARGS...`
-// torchrun's launcher for tevatron-ts: one worker process per device.
+// torchrun's launcher for tevatron-ts: one worker process per device, all sharing a new random job
+// secret (TEVATRON_JOB_SECRET, unless set: a job on several nodes sets the same value on each).
 import { launchWorkers } from '../lib/dist/launch.ts';
 
 const USAGE = 'usage: npx tsx scripts/launch.ts --nproc_per_node N [--nnodes 1] [--node_rank 0] [--master_addr 127.0.0.1] [--master_port 29500] SCRIPT [ARGS...]';
@@ -37,7 +38,8 @@ try {
     script,
     args,
   });
-  if (result.failure) {
+  if (result.stoppedBy) console.error(`launch: stopped by ${result.stoppedBy}; the workers were stopped`);
+  else if (result.failure) {
     const f = result.failure;
     const how = f.signal ? `was killed by ${f.signal}` : `exited with code ${f.code}`;
     console.error(`launch: rank ${f.rank} ${how}${f.lastError ? `: ${f.lastError}` : ''}; the other workers were stopped`);

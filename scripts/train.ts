@@ -29,7 +29,7 @@ import type { TrainState } from '../lib/train.ts';
 
 await runScript('train', async () => {
   const a = scriptArgs('train');
-  const info = rankFromEnv();
+  const info = rankFromEnv(process.env, a.local_rank as number);
   const main = info.rank === 0;
   // On a terminal, a progress bar with ETA sits on the last line; log lines are printed above it.
   const tty = main && process.stdout.isTTY === true;
@@ -64,7 +64,13 @@ await runScript('train', async () => {
     : null;
   if (push) say(`pushing to ${push.endpoint}/${push.repo} (${a.hub_strategy === 'end' ? 'at the end' : 'at every save and at the end'})`);
   await initBackend(a.backend as BackendChoice);
-  const group: ProcessGroup & { close?(): void } = info.worldSize > 1 ? await connectTcpGroup(info) : singleProcessGroup();
+  // A peer that dies or freezes ends this rank at once, also between collectives (during an evaluation,
+  // a checkpoint), so that no rank waits out the timeout of its next collective.
+  const onFailure = (e: Error) => {
+    console.error(`train: ${e.message}`);
+    process.exit(1);
+  };
+  const group: ProcessGroup = info.worldSize > 1 ? await connectTcpGroup(info, { timeoutMs: (a.ddp_timeout as number) * 1000, onFailure }) : singleProcessGroup();
 
   const loaded = await loadDenseModel(modelRequestFromArgs(a));
   loaded.notes.forEach(say);

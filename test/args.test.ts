@@ -18,7 +18,7 @@ test('defaults are Tevatron v1\'s and Hugging Face TrainingArguments\' (referenc
     adam_epsilon: 1e-8, max_grad_norm: 1, num_train_epochs: 3, max_steps: -1, lr_scheduler_type: 'linear',
     warmup_steps: 0, logging_steps: 500, save_steps: 500, save_total_limit: null, seed: 42,
     gradient_accumulation_steps: 1, fp16: false, dataloader_num_workers: 0, resume_from_checkpoint: null,
-    pooling: 'cls', temperature: 1, backend: 'auto',
+    pooling: 'cls', temperature: 1, backend: 'auto', local_rank: -1, ddp_timeout: 1800,
   };
   for (const [k, v] of Object.entries(expected)) assert.equal(a[k], v, k);
 });
@@ -52,6 +52,16 @@ test('unknown flags, bad values and impossible combinations are one clear error'
   assert.throws(() => parseArgs([...base, '--seed', '1', '--seed', '2'], 'train'), /given twice/);
   assert.throws(() => parseArgs([...base, 'stray'], 'train'), /unexpected argument 'stray'/);
   assert.throws(() => parseArgs(['--model_name_or_path', 'm', '--encode_in_path', 'a', '--encoded_save_path', 'x', '--encode_num_shard', '2', '--encode_shard_index', '2'], 'encode'), /in \[0, 2\)/);
+});
+
+test('--local_rank in every form torch.distributed.launch passes it, for train and encode; --ddp_timeout must be > 0', () => {
+  const enc = ['--model_name_or_path', 'm', '--encode_in_path', 'a.jsonl', '--encoded_save_path', 'x'];
+  assert.is(parseArgs(['--local_rank=1', ...base], 'train').local_rank, 1);
+  assert.is(parseArgs(['--local-rank=2', ...base], 'train').local_rank, 2);
+  assert.is(parseArgs([...enc, '--local_rank', '3'], 'encode').local_rank, 3);
+  assert.throws(() => parseArgs(['--local_rank=-2', ...base], 'train'), /--local_rank must be >= 0/);
+  assert.is(parseArgs([...base, '--ddp_timeout', '5'], 'train').ddp_timeout, 5);
+  assert.throws(() => parseArgs([...base, '--ddp_timeout', '0'], 'train'), /--ddp_timeout must be > 0/);
 });
 
 test('a single .json argument is the flag file', () => {

@@ -160,3 +160,13 @@ export function loopbackOnlyFetch(): void {
     return realFetch(input, init);
   }) as typeof fetch;
 }
+
+/**
+ * For tests that use no backend (processes, sockets): null in one pass of `npm test` (the first backend of
+ * TEVATRON_TEST_BACKENDS, else wasm, which every default run has), else the reason they skip (for testUnless).
+ */
+export function oncePerRun(): string | null {
+  const current = process.env.TEVATRON_BACKEND;
+  const first = process.env.TEVATRON_TEST_BACKENDS?.split(',').filter(Boolean)[0] ?? 'wasm';
+  return current && current !== first ? `uses no backend: runs once per npm test, in the ${first} pass` : null;
+}

@@ -1,5 +1,6 @@
 // Where this process sits in a multi-process run, read from the launcher's environment: ours and
-// torchrun's (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), SLURM's and OpenMPI's.
+// torchrun's (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT; torch.distributed.launch's
+// --local_rank flag), SLURM's and OpenMPI's. The job's secret is read where it is used (auth.ts).
 
 export interface RankInfo {
   rank: number;
@@ -19,8 +20,15 @@ function int(env: Env, name: string): number {
   return v;
 }
 
-/** Rank and world from the environment; a plain process is rank 0 of 1. */
-export function rankFromEnv(env: Env = process.env): RankInfo {
+/**
+ * Rank and world from the environment; a plain process is rank 0 of 1. `localRankFlag` is --local_rank
+ * (-1: not given), which python -m torch.distributed.launch passes on the command line: it must agree
+ * with LOCAL_RANK when that is set too.
+ */
+export function rankFromEnv(env: Env = process.env, localRankFlag = -1): RankInfo {
+  if (localRankFlag >= 0 && env.LOCAL_RANK !== undefined && int(env, 'LOCAL_RANK') !== localRankFlag) {
+    throw new Error(`--local_rank ${localRankFlag} disagrees with LOCAL_RANK=${env.LOCAL_RANK} in the environment: drop the flag or make them equal`);
+  }
   const master = () => {
     const masterAddr = env.MASTER_ADDR ?? env.SLURM_LAUNCH_NODE_IPADDR ?? '127.0.0.1';
     const masterPort = env.MASTER_PORT === undefined ? 29500 : int(env, 'MASTER_PORT');
@@ -28,7 +36,8 @@ export function rankFromEnv(env: Env = process.env): RankInfo {
   };
   let info: RankInfo;
   if (env.WORLD_SIZE !== undefined && env.RANK !== undefined) {
-    info = { rank: int(env, 'RANK'), worldSize: int(env, 'WORLD_SIZE'), localRank: env.LOCAL_RANK === undefined ? 0 : int(env, 'LOCAL_RANK'), ...master(), source: 'torchrun' };
+    const localRank = env.LOCAL_RANK !== undefined ? int(env, 'LOCAL_RANK') : Math.max(0, localRankFlag);
+    info = { rank: int(env, 'RANK'), worldSize: int(env, 'WORLD_SIZE'), localRank, ...master(), source: 'torchrun' };
   } else if (env.SLURM_PROCID !== undefined && env.SLURM_NTASKS !== undefined) {
     info = { rank: int(env, 'SLURM_PROCID'), worldSize: int(env, 'SLURM_NTASKS'), localRank: env.SLURM_LOCALID === undefined ? 0 : int(env, 'SLURM_LOCALID'), ...master(), source: 'slurm' };
   } else if (env.OMPI_COMM_WORLD_RANK !== undefined && env.OMPI_COMM_WORLD_SIZE !== undefined) {

@@ -14,7 +14,22 @@ export interface ProcessGroup {
   /** Rank `root`'s buffer, on every rank (each passes a buffer of the same length). */
   broadcast(data: Float32Array, root?: number): Promise<Float32Array>;
   barrier(): Promise<void>;
+  /** Leaves the group in order (after the last collective); a transport with sockets closes them. */
+  close?(): void;
 }
+
+/** What every transport takes, whatever carries its bytes. */
+export interface GroupOptions {
+  /**
+   * How long a collective waits for a peer, and the longest a peer may stay silent before it counts as
+   * frozen (--ddp_timeout, in ms here). Default: Hugging Face's ddp_timeout, 1800 s.
+   */
+  timeoutMs?: number;
+  /** Called once when the group fails (a peer died, froze or broke the protocol), also between collectives. */
+  onFailure?: (error: Error) => void;
+}
+
+export const DEFAULT_TIMEOUT_MS = 1_800_000;
 
 /** World size 1: every collective is the identity. */
 export function singleProcessGroup(): ProcessGroup {
