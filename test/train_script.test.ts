@@ -6,7 +6,7 @@ import path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { parseSafetensors } from '../lib/model/safetensors.ts';
-import { freePort } from './helpers.ts';
+import { freePort, testUnless } from './helpers.ts';
 
 const root = path.resolve('.');
 const fixtures = path.join(root, 'test/fixtures');
@@ -85,8 +85,7 @@ test('launch.ts: 2 processes × batch 2 with --negatives_x_device take the step 
   }
 });
 
-test('the seed\'s command shape on the shared NQ data: trains, logs, rotates checkpoints, reports', () => {
-  if (!existsSync(NQ) || !existsSync(VOCAB)) return console.log(`  (skipped: ${NQ} or ${VOCAB} is absent)`);
+testUnless(existsSync(NQ) && existsSync(VOCAB) ? null : `${NQ} or ${VOCAB} is absent`, 'the seed\'s command shape on the shared NQ data: trains, logs, rotates checkpoints, reports', () => {
   const model = path.join(tmp(), 'tiny-uncased');
   cpSync(VOCAB, path.join(model, 'vocab.txt'));
   writeFileSync(path.join(model, 'config.json'), JSON.stringify({ model_type: 'bert', vocab_size: 30522, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64, max_position_embeddings: 160 }));
