@@ -1,7 +1,8 @@
 // Exact inner-product retrieval over encoded shards (Tevatron's faiss_retriever with IndexFlatIP):
 // each shard is loaded, scored against the queries in batches, and its top candidates are merged into
 // one bounded list per query, so memory holds one shard plus the result lists. Ties rank the
-// passage that comes first (shard order, then row) higher, so results are deterministic.
+// passage that comes first (shard order, then row) higher, so results are deterministic. A docid found
+// twice (shards that overlap, or a corpus that lists it twice) is listed once, with its best score.
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs';
 import { parseSafetensors, serializeSafetensors } from './model/safetensors.ts';
@@ -47,18 +48,29 @@ export interface Hit {
 
 const better = (a: Hit, b: Hit) => a.score > b.score || (a.score === b.score && a.order < b.order);
 
-/** Keeps the best `depth` hits of one query (a sorted array: fine for the candidate counts per shard). */
-function merge(list: Hit[], candidates: Hit[], depth: number): Hit[] {
+/** Keeps the best `depth` distinct docids of one query (a sorted array: fine for the candidate counts per shard). */
+function merge(list: Hit[], candidates: Hit[], depth: number, onDuplicate?: (docid: string) => void): Hit[] {
   const all = list.concat(candidates);
   all.sort((a, b) => (better(a, b) ? -1 : better(b, a) ? 1 : 0));
-  return all.slice(0, depth);
+  const seen = new Set<string>();
+  const out: Hit[] = [];
+  for (const h of all) {
+    if (out.length === depth) break;
+    if (seen.has(h.docid)) onDuplicate?.(h.docid);
+    else {
+      seen.add(h.docid);
+      out.push(h);
+    }
+  }
+  return out;
 }
 
 /**
  * The `depth` best passages of every query, best first, over shards given as paths (loaded one at a
- * time) or as loaded encodings. `batchSize` queries are scored at once (≤ 0: all).
+ * time) or as loaded encodings. `batchSize` queries are scored at once (≤ 0: all). `onDuplicate` hears of
+ * each repeated docid that was dropped (query index, docid).
  */
-export function search(queries: Encoded, shards: (string | Encoded)[], depth: number, batchSize = 128): Hit[][] {
+export function search(queries: Encoded, shards: (string | Encoded)[], depth: number, batchSize = 128, onDuplicate?: (query: number, docid: string) => void): Hit[][] {
   const Q = queries.ids.length;
   const results: Hit[][] = Array.from({ length: Q }, () => []);
   const B = batchSize > 0 ? batchSize : Q;
@@ -86,7 +98,7 @@ export function search(queries: Encoded, shards: (string | Encoded)[], depth: nu
             const row = idx[r * k + j];
             cands.push({ docid: p.ids[row], score: v[r * k + j], order: offset + row });
           }
-          results[s + r] = merge(results[s + r], cands, depth);
+          results[s + r] = merge(results[s + r], cands, depth, onDuplicate && ((docid) => onDuplicate(s + r, docid)));
         }
       }
       tf.dispose([passages, pt]);

@@ -10,7 +10,7 @@ import { writeEncoded } from '../lib/search.ts';
 await runScript('encode', async () => {
   const a = scriptArgs('encode');
   const backend = await initBackend(a.backend as BackendChoice);
-  const loaded = await loadDenseModel(modelRequestFromArgs(a));
+  const loaded = await loadDenseModel({ ...modelRequestFromArgs(a), detectUntied: true });
   loaded.notes.forEach((n) => console.error(n));
   if (loaded.notes.some((n) => n.includes('initialising'))) throw new Error(`${loaded.dir} holds no trained weights; encode with a trained model directory`);
   const tok = loaded.tokenizer;
@@ -20,6 +20,15 @@ await runScript('encode', async () => {
   const index = a.encode_shard_index as number;
   // datasets' shard(num, index) with contiguous=False: every num-th row
   const items = (a.encode_in_path as string[]).flatMap((f) => readRows(f)).filter((_, i) => i % shards === index).map(({ row, where }) => toEncodeItem(row, where, isQuery, opts));
+  const seen = new Set<string>();
+  const repeated = items.filter((x) => {
+    const again = seen.has(x.id);
+    seen.add(x.id);
+    return again;
+  });
+  if (repeated.length) {
+    console.error(`warning: ${repeated.length} row(s) repeat an id listed before (e.g. ${repeated[0].id}); search lists each docid once, with its best score, and evaluation counts it once`);
+  }
   const started = performance.now();
   const encoder = isQuery ? loaded.model.encodeQuery : loaded.model.encodePassage;
   const batch = a.per_device_eval_batch_size as number;

@@ -11,7 +11,13 @@ await runScript('search', async () => {
   if (shards.length === 0) throw new Error(`--passage_reps ${(a.passage_reps as string[]).join(' ')}: matches no file`);
   const queries = readEncoded(a.query_reps as string);
   const started = performance.now();
-  const hits = search(queries, shards, a.depth as number, a.batch_size as number);
+  let duplicates = 0;
+  let example = '';
+  const hits = search(queries, shards, a.depth as number, a.batch_size as number, (q, docid) => {
+    duplicates++;
+    example ||= `docid ${docid} for query ${queries.ids[q]}`;
+  });
+  if (duplicates > 0) console.error(`warning: ${duplicates} repeated docid(s) in the rankings (e.g. ${example}): shards that overlap, or a corpus listing a docid twice; each is listed once, with its best score`);
   const seconds = (performance.now() - started) / 1000;
   const out = a.save_ranking_to as string;
   writeFileSync(`${out}.tmp`, formatRanking(queries.ids, hits, a.save_trec ? 'trec' : 'text'));

@@ -86,7 +86,8 @@ async function readConfig(dir: string): Promise<Record<string, unknown>> {
   return readJson(file);
 }
 
-async function readJson(file: string): Promise<Record<string, unknown>> {
+/** A JSON object file (config.json, an index, pooler_config.json); an error names the file. */
+export async function readJson(file: string): Promise<Record<string, unknown>> {
   let text: string;
   try {
     text = await readFile(file, 'utf8');
