@@ -1,5 +1,7 @@
 // Shared test setup: start the backend named by TEVATRON_BACKEND (the runner sets it), small random
 // batches, and comparisons of parameter maps.
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { test } from 'uvu';
 import { initBackend } from '../lib/backend.ts';
@@ -94,4 +96,10 @@ export function testUnless(skipReason: string | null, name: string, fn: () => un
   if (skipReason === null) return test(name, fn as () => void);
   console.log(`  (skipped: ${name}: ${skipReason})`);
   test.skip(name, fn as () => void);
+}
+
+/** Runs scripts/NAME.ts as a user does (a child process); its exit code (null when killed), stdout and stderr. */
+export function runScriptFile(name: string, args: string[], env: NodeJS.ProcessEnv = {}): { code: number | null; signal: string | null; out: string; err: string } {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', path.resolve('scripts', `${name}.ts`), ...args], { encoding: 'utf8', env: { ...process.env, ...env } });
+  return { code: r.status, signal: r.signal, out: r.stdout, err: r.stderr };
 }

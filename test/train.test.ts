@@ -37,6 +37,8 @@ test('epoch batches: a permutation per epoch, disjoint across ranks, incomplete 
   const seen = ranks.flat(2);
   assert.is(new Set(seen).size, seen.length, 'no example on two ranks');
   assert.ok(ranks.every((r) => r.length === 2) && stepsPerEpoch(23, 3, 3) === 2);
+  // what makes W processes take the step of one (dropout included): rank order is one process's row order at batch W·B
+  assert.equal(ranks[0].map((_, k) => ranks.flatMap((r) => r[k])), epochBatches(23, { batchSize: 9, seed: 1, epoch: 0 }));
   assert.equal(epochBatches(5, { batchSize: 2, seed: 0, epoch: 0, noShuffle: true }), [[0, 1], [2, 3]]);
 });
 
