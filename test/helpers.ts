@@ -103,3 +103,11 @@ export function runScriptFile(name: string, args: string[], env: NodeJS.ProcessE
   const r = spawnSync(process.execPath, ['--import', 'tsx', path.resolve('scripts', `${name}.ts`), ...args], { encoding: 'utf8', env: { ...process.env, ...env } });
   return { code: r.status, signal: r.signal, out: r.stdout, err: r.stderr };
 }
+
+/** A Python with torch and transformers (TORCH_PYTHON, else .venv or /work/venv), or why there is none. */
+export function torchPython(): { python: string | null; reason: string | null } {
+  for (const p of [process.env.TORCH_PYTHON, '.venv/bin/python', '/work/venv/bin/python']) {
+    if (p && spawnSync(p, ['-c', 'import torch, transformers'], { encoding: 'utf8', timeout: 120_000 }).status === 0) return { python: p, reason: null };
+  }
+  return { python: null, reason: 'no Python with torch and transformers (set TORCH_PYTHON, or make .venv)' };
+}
