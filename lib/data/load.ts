@@ -6,6 +6,7 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { parquetReadObjects } from 'hyparquet';
+import { errorText } from '../errors.ts';
 import type { TrainExample } from './sample.ts';
 
 const DATA_FILE = /\.(json|jsonl)(\.gz)?$|\.parquet$/;
@@ -41,7 +42,7 @@ export function readRows(file: string): { row: unknown; where: string }[] {
     try {
       rows = JSON.parse(text);
     } catch (e) {
-      throw new Error(`${file}: not valid JSON (${(e as Error).message}); use a JSON array or one JSON object per line`);
+      throw new Error(`${file}: not valid JSON (${errorText(e)}); use a JSON array or one JSON object per line`);
     }
     return rows.map((row, i) => ({ row, where: `${file}: item ${i + 1}` }));
   }
@@ -51,7 +52,7 @@ export function readRows(file: string): { row: unknown; where: string }[] {
     try {
       out.push({ row: JSON.parse(line), where: `${file}:${i + 1}` });
     } catch (e) {
-      throw new Error(`${file}:${i + 1}: not valid JSON (${(e as Error).message})`);
+      throw new Error(`${file}:${i + 1}: not valid JSON (${errorText(e)})`);
     }
   });
   return out;
@@ -84,7 +85,7 @@ export async function readParquetRows(file: string): Promise<{ row: unknown; whe
   try {
     rows = await parquetReadObjects({ file: { byteLength: buffer.byteLength, slice: (start, end) => buffer.slice(start, end) } });
   } catch (e) {
-    const msg = (e as Error).message;
+    const msg = errorText(e);
     const fix = /compression codec/.test(msg)
       ? 'rewrite it with snappy compression (pyarrow.parquet.write_table(table, path, compression="snappy")) or convert it to .jsonl'
       : 'check that it is a complete parquet file (re-download it), or convert it to .jsonl';
@@ -124,8 +125,9 @@ function fail(where: string, field: string, fix: string): Error {
   return new Error(`${where}: ${field} ${fix}`);
 }
 
+/** Token ids: integers in [0, 2³¹) (stored as int32; a larger one would wrap to another token). */
 function isIds(v: unknown): v is number[] {
-  return Array.isArray(v) && v.every((x) => Number.isInteger(x));
+  return Array.isArray(v) && v.every((x) => Number.isInteger(x) && x >= 0 && x < 2 ** 31);
 }
 
 function passageOf(p: unknown, where: string, field: string): PassageRow {
@@ -146,7 +148,7 @@ export function toTrainExample(row: unknown, where: string, o: ExampleOptions): 
     const seq = (v: unknown, field: string, max: number) => {
       if (typeof v === 'string') return o.tokenize(v, max);
       if (isIds(v)) return v.slice(0, max);
-      throw fail(where, field, 'must be a list of token ids or a string');
+      throw fail(where, field, 'must be a list of token ids (integers ≥ 0) or a string');
     };
     const list = (field: string) => {
       const v = r[field] ?? [];

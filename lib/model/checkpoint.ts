@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { errorText } from '../errors.ts';
 import { parseSafetensors, serializeSafetensors, type TensorDict } from './safetensors.ts';
 import type { ParamMap } from './types.ts';
 
@@ -99,7 +100,7 @@ export async function readJson(file: string): Promise<Record<string, unknown>> {
     if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new Error('not an object');
     return value;
   } catch (e) {
-    throw new Error(`${file}: not a JSON object (${(e as Error).message}); re-save the model with save_pretrained or saveModelDir`);
+    throw new Error(`${file}: not a JSON object (${errorText(e)}); re-save the model with save_pretrained or saveModelDir`);
   }
 }
 

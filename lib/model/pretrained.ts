@@ -7,6 +7,7 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { explicitFlags, type Args } from '../args.ts';
 import type { ExampleOptions } from '../data/load.ts';
+import { errorText } from '../errors.ts';
 import { loadTokenizer, type Tokenizer } from '../tokenizer.ts';
 import { foldIn, keyFromSeed } from '../random.ts';
 import { bertConfigFromJson, type BertConfig } from './bert.ts';
@@ -63,7 +64,7 @@ function readSettings(dir: string): Partial<EncoderSettings> {
   try {
     return JSON.parse(readFileSync(file, 'utf8'));
   } catch (e) {
-    throw new Error(`${file}: not valid JSON (${(e as Error).message}); delete it or fix it`);
+    throw new Error(`${file}: not valid JSON (${errorText(e)}); delete it or fix it`);
   }
 }
 

@@ -41,6 +41,23 @@ function decode(dtype: string, bytes: Uint8Array, count: number): Float32Array {
   return out;
 }
 
+/** The reference implementation's limit: a larger header is not a safetensors file. */
+const MAX_HEADER_BYTES = 100_000_000;
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/** One header entry, checked: a dtype string, a shape of non-negative integers, offsets inside the data. */
+function checkEntry(name: string, entry: unknown, bodyBytes: number, fail: (why: string) => Error): HeaderEntry {
+  const e = entry as Partial<HeaderEntry>;
+  if (!isObject(entry) || typeof e.dtype !== 'string') throw fail(`tensor ${name} has no "dtype"`);
+  if (!Array.isArray(e.shape) || !e.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) throw fail(`tensor ${name} has shape ${JSON.stringify(e.shape)}, not a list of sizes`);
+  const o = e.data_offsets;
+  if (!Array.isArray(o) || o.length !== 2 || !o.every((x) => Number.isSafeInteger(x)) || !(0 <= o[0] && o[0] <= o[1] && o[1] <= bodyBytes)) {
+    throw fail(`tensor ${name} has data_offsets ${JSON.stringify(o)} outside the ${bodyBytes} bytes of data`);
+  }
+  return e as HeaderEntry;
+}
+
 /**
  * Parses a safetensors file. Float tensors (F32, F16, BF16) are returned as float32; other dtypes
  * (I64 `position_ids`, U8 masks) are skipped and listed in `skipped`. `source` names the file in errors.
@@ -51,32 +68,36 @@ export function parseSafetensors(bytes: Uint8Array, source = 'safetensors data')
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const headerLen = Number(view.getBigUint64(0, true));
   if (8 + headerLen > bytes.byteLength) throw fail(`header length ${headerLen} exceeds the file`);
-  let header: Record<string, HeaderEntry | Record<string, string>>;
+  if (headerLen > MAX_HEADER_BYTES) throw fail(`header length ${headerLen} is over the format's limit of ${MAX_HEADER_BYTES}`);
+  let header: unknown;
   try {
     header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + headerLen)));
   } catch {
     throw fail('its header is not JSON');
   }
+  if (!isObject(header)) throw fail('its header is not a JSON object');
   const body = bytes.subarray(8 + headerLen);
-  const tensors: TensorDict = {};
+  const tensors: TensorDict = Object.create(null);
   const skipped: string[] = [];
   let metadata: Record<string, string> = {};
   for (const [name, entry] of Object.entries(header)) {
     if (name === '__metadata__') {
+      if (!isObject(entry) || !Object.values(entry).every((v) => typeof v === 'string')) throw fail('__metadata__ is not an object of strings');
       metadata = entry as Record<string, string>;
       continue;
     }
-    const { dtype, shape, data_offsets: [start, end] } = entry as HeaderEntry;
+    const { dtype, shape, data_offsets: offsets } = checkEntry(name, entry, body.byteLength, fail);
     const width = FLOAT_BYTES[dtype];
     if (!width) {
       skipped.push(name);
       continue;
     }
     const count = shape.reduce((a, b) => a * b, 1);
-    if (end - start !== count * width || end > body.byteLength) throw fail(`tensor ${name} has ${end - start} bytes for shape [${shape}] of ${dtype}`);
+    const [start, end] = offsets;
+    if (end - start !== count * width) throw fail(`tensor ${name} has ${end - start} bytes for shape [${shape}] of ${dtype}`);
     tensors[name] = { shape, data: decode(dtype, body.subarray(start, end), count) };
   }
-  return { tensors, skipped, metadata };
+  return { tensors: { ...tensors }, skipped, metadata };
 }
 
 /** Serializes float32 tensors (sorted by name, as the reference implementation does) to safetensors bytes. */
