@@ -62,8 +62,7 @@ export async function stepGradients(model: BiEncoder, state: TrainState, batches
   }
   if (batches.length > 1 || !Number.isFinite(loss)) {
     const summed = grads!;
-    const scale = Number.isFinite(loss) ? 1 / batches.length : NaN;
-    grads = Object.fromEntries(Object.entries(summed).map(([k, g]) => [k, tf.mul(g, scale)]));
+    grads = Object.fromEntries(Object.entries(summed).map(([k, g]) => [k, Number.isFinite(loss) ? tf.div(g, batches.length) : tf.mul(g, NaN)]));
     disposeParams(summed);
   }
   if (cfg.group && cfg.group.worldSize > 1) {

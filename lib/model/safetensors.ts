@@ -77,7 +77,7 @@ export function parseSafetensors(bytes: Uint8Array, source = 'safetensors data')
   }
   if (!isObject(header)) throw fail('its header is not a JSON object');
   const body = bytes.subarray(8 + headerLen);
-  const tensors: TensorDict = Object.create(null);
+  const tensors: TensorDict = Object.create(null); // a tensor named __proto__ stays a tensor
   const skipped: string[] = [];
   let metadata: Record<string, string> = {};
   for (const [name, entry] of Object.entries(header)) {
