@@ -1,20 +1,27 @@
 // `npm run bench`: the benchmark suite, one process per configuration (so each peak RSS is its own), with
 // the PyTorch reference in the same session when a Python with torch + transformers is found
-// (TORCH_PYTHON, else ./.venv or /work/venv). Prints the figures and the target ratios, writes
+// (TORCH_PYTHON, else ./.venv or /work/venv). Like is compared with like: every step kind (plain, grad
+// cache with ½ and ¼ of the rows per chunk) and encoding run alone in a process of their own, and ours and
+// PyTorch's alternate, --rounds times (who goes first alternates too), so that a slow spell of a shared
+// machine hits both. A figure is the median over rounds with its range; a ratio is median over median,
+// with the range of the rounds' own ratios. Prints the figures and the target ratios, writes
 // bench/results/latest.json and the README's chart docs/bench.svg.
-//   npm run bench [-- --quick] [--sections train,memory,encode,search,wasm]    TEVATRON_BACKEND picks ours
+//   npm run bench [-- --quick] [--rounds 3] [--sections train,memory,encode,search,wasm]    TEVATRON_BACKEND picks ours
 //   npm run bench -- --sections scale [--scale 0.01]    the recipe at full size (bench/scale.ts; not in the default sections:
 //                                                         about an hour and ~35 GB of temporary disk at --scale 1)
 //   npm run bench -- --chart    redraws docs/bench.svg from bench/results/latest.json
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
 import { barChart } from './chart.ts';
 
 const { values: opt } = parseArgs({
-  options: { quick: { type: 'boolean', default: false }, chart: { type: 'boolean', default: false }, sections: { type: 'string', default: 'train,memory,encode,search,wasm' }, scale: { type: 'string', default: '1' } },
+  options: { quick: { type: 'boolean', default: false }, chart: { type: 'boolean', default: false }, rounds: { type: 'string', default: '3' }, sections: { type: 'string', default: 'train,memory,encode,search,wasm' }, scale: { type: 'string', default: '1' } },
 });
 const quick = opt.quick || process.env.BENCH_QUICK === '1';
+const rounds = Number(opt.rounds);
+if (!(Number.isInteger(rounds) && rounds >= 1)) throw new Error(`--rounds ${opt.rounds}: expected a positive integer`);
 const sections = new Set(opt.sections.split(','));
 const backend = process.env.TEVATRON_BACKEND ?? 'auto';
 type Figures = Record<string, number | string | null>;
@@ -49,27 +56,93 @@ function torch(a: Args): Figures[] | null {
   return String(a.gc ?? 'none').split(',').map(() => ({ error: r.stderr.trim().split('\n').pop() ?? 'failed' }));
 }
 
-const num = (f: Figures | null, k: string) => (f && typeof f[k] === 'number' ? (f[k] as number) : null);
-const show = (label: string, f: Figures | null, rate = 'samplesPerSecond', rss: number | null = null) => {
-  if (!f) return;
-  if (f.error) return console.log(`  ${label}: ${f.error}`);
-  const mfu = num(f, 'mfu');
-  console.log(`  ${label.padEnd(28)} ${num(f, 'stepSeconds')!.toFixed(2).padStart(6)} s  ${num(f, rate)!.toFixed(1).padStart(7)} ${rate === 'samplesPerSecond' ? 'samples/s' : 'passages/s'}` +
-    (mfu !== null ? `  MFU ${(100 * mfu).toFixed(0)}% of ${num(f, 'matmulPeakGflops')!.toFixed(0)} GFLOP/s` : '') + (rss !== null ? `  peak RSS ${rss.toFixed(0)} MB` : ''));
-};
+const num = (f: Figures | null | undefined, k: string) => (f && typeof f[k] === 'number' ? (f[k] as number) : null);
+const ratio = (a: number | null, b: number | null) => (a !== null && b !== null ? a / b : null);
 const fmtRatio = (x: number | null) => (x === null ? 'n/a' : `${x.toFixed(2)}x`);
 
-const ratio = (a: number | null, b: number | null) => (a !== null && b !== null ? a / b : null);
+/** Values over rounds: the median, its range, and each round's value (null: that round failed). */
+interface Spread {
+  median: number;
+  min: number;
+  max: number;
+  runs: (number | null)[];
+}
+function spread(runs: (number | null)[]): Spread | null {
+  const s = runs.filter((v): v is number => v !== null).sort((x, y) => x - y);
+  if (!s.length) return null;
+  const m = s.length >> 1;
+  return { median: s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2, min: s[0], max: s[s.length - 1], runs };
+}
+/** median(a) / median(b), with the range of the rounds' own ratios a_r / b_r. */
+function ratioSpread(a: (number | null)[], b: (number | null)[]): Spread | null {
+  const ma = spread(a);
+  const mb = spread(b);
+  const each = spread(a.map((x, i) => ratio(x, b[i])));
+  return ma && mb && each ? { ...each, median: ma.median / mb.median } : null;
+}
+const fmtSpread = (x: Spread | null, digits = 2, unit = '') => (x ? `${x.median.toFixed(digits)}${unit} (${x.min.toFixed(digits)}–${x.max.toFixed(digits)})` : 'n/a');
+const fmtRatioSpread = (x: Spread | null) => (x ? `${x.median.toFixed(2)}x (${x.min.toFixed(2)}–${x.max.toFixed(2)})` : 'n/a');
 
-/** docs/bench.svg: train-step throughput relative to PyTorch's plain step of each shape (the targets' ratios). */
-function writeChart(train: Record<string, unknown>[]): void {
+/** One configuration, `rounds` times: ours and PyTorch's each in a fresh process, alternating (who goes first too). */
+function alternate(a: Args): { ours: Figures[]; torch: (Figures | null)[] } {
+  const out = { ours: [] as Figures[], torch: [] as (Figures | null)[] };
+  for (let r = 0; r < rounds; r++) {
+    const runOurs = () => out.ours.push(ours(a)[0]);
+    const runTorch = () => out.torch.push(torch(a)?.[0] ?? null);
+    if (r % 2 === 0) {
+      runOurs();
+      runTorch();
+    } else {
+      runTorch();
+      runOurs();
+    }
+  }
+  return out;
+}
+
+/** The first error of a list of results, if every one failed. */
+const failure = (fs: (Figures | null)[]) => (fs.length && fs.every((f) => f?.error) ? String(fs[0]!.error) : null);
+
+interface KindResult {
+  kind: string;
+  ours: Spread | null;
+  torch: Spread | null;
+  /** Our throughput over PyTorch's for this kind: median(PyTorch s/step) / median(ours). */
+  speedup: Spread | null;
+  /** From the round of our median time: its MFU and peak RSS. */
+  mfu: number | null;
+  peakRssMB: number | null;
+  errors: string[];
+}
+
+/** `key`: seconds per step (lower is faster), or a rate such as passages/s with `rate` (higher is faster). */
+function kindResult(kind: string, r: { ours: Figures[]; torch: (Figures | null)[] }, key = 'stepSeconds', rate = false): KindResult {
+  const mine = r.ours.map((f) => num(f, key));
+  const theirs = r.torch.map((f) => num(f, key));
+  const ranked = mine.map((v, i) => [v, i] as const).filter(([v]) => v !== null).sort((x, y) => x[0]! - y[0]!);
+  const mid = ranked.length ? r.ours[ranked[(ranked.length - 1) >> 1][1]] : null;
+  return {
+    kind, ours: spread(mine), torch: spread(theirs), speedup: rate ? ratioSpread(mine, theirs) : ratioSpread(theirs, mine), mfu: num(mid, 'mfu'), peakRssMB: num(mid, 'peakRssMB'),
+    errors: [failure(r.ours), py ? failure(r.torch) : null].filter((e): e is string => e !== null),
+  };
+}
+
+function showKind(label: string, k: KindResult, unit = 's'): void {
+  if (k.errors.length) console.log(`  ${label}: ${k.errors.join('; ')}`);
+  const mfu = k.mfu !== null ? `  MFU ${(100 * k.mfu).toFixed(0)}%` : '';
+  console.log(`  ${label.padEnd(22)} ours ${fmtSpread(k.ours, 2, ` ${unit}`)}  PyTorch ${fmtSpread(k.torch, 2, ` ${unit}`)}  -> ${fmtRatioSpread(k.speedup)}${mfu}`);
+}
+
+/** docs/bench.svg: train-step throughput relative to PyTorch's plain step of each shape (medians over rounds). */
+function writeChart(train: { shape: string; backend: string; rounds: number; kinds: KindResult[] }[]): void {
   const svg = barChart(
-    `train-step throughput relative to PyTorch's plain step (${(train[0] as Record<string, Figures>).plain.backend}, 2 cores, same session)`,
+    `train-step throughput relative to PyTorch's plain step (${train[0].backend}, ${cpus().length} cores; median of ${train[0].rounds} rounds)`,
     '× PyTorch plain step',
     ['tevatron-ts', 'tevatron-ts, grad cache ½', 'PyTorch', 'PyTorch, grad cache ½'],
     train.map((r) => {
-      const base = num(r.torch as Figures | null, 'samplesPerSecond');
-      return { label: r.shape as string, values: (['plain', 'gcHalf', 'torch', 'torchGcHalf'] as const).map((k) => ratio(num(r[k] as Figures | null, 'samplesPerSecond'), base)) };
+      const [plain, half] = r.kinds;
+      const base = plain.torch?.median ?? null; // seconds per step: throughput ratios are inverse time ratios
+      return { label: r.shape, values: [plain.ours, half.ours, plain.torch, half.torch].map((x) => ratio(base, x?.median ?? null)) };
     }),
   );
   mkdirSync('docs', { recursive: true });
@@ -89,34 +162,30 @@ if (sections.has('train')) {
   const shapes = quick
     ? [{ layers: 2, hidden: 128, batch: 16, n: 2, qlen: 32, plen: 64, steps: 2 }]
     : [
-        { layers: 2, hidden: 128, batch: 32, n: 2, qlen: 32, plen: 128, steps: 5 },
-        { ...head, steps: 5 },
-        { layers: 12, hidden: 768, batch: 16, n: 2, qlen: 32, plen: 64, steps: 3 },
+        { layers: 2, hidden: 128, batch: 32, n: 2, qlen: 32, plen: 128, steps: 3 },
+        { ...head, steps: 3 },
+        { layers: 12, hidden: 768, batch: 16, n: 2, qlen: 32, plen: 64, steps: 2 },
       ];
-  const train: Record<string, unknown>[] = [];
+  const train: { shape: string; backend: string; rounds: number; kinds: KindResult[] }[] = [];
   for (const s of shapes) {
     const name = `L${s.layers}/H${s.hidden} b${s.batch}×${s.n} ${s.qlen}/${s.plen}`;
-    console.log(`train step, ${name}:`);
-    const half = `${s.batch / 2}/${s.batch * s.n / 2}`;
-    const quarter = `${s.batch / 4}/${s.batch * s.n / 4}`;
-    // one process, the three step kinds taking turns: their ratios hold under the same load
-    const kinds = `none,${half},${quarter}`;
-    const [plain, gcHalf, gcQuarter] = ours({ ...s, gc: kinds });
-    const [torchPlain, torchHalf, torchQuarter] = torch({ ...s, gc: kinds }) ?? [null, null, null];
-    const row = { shape: name, plain, gcHalf, gcQuarter, torch: torchPlain, torchGcHalf: torchHalf, torchGcQuarter: torchQuarter };
-    show('plain', row.plain);
-    show(`grad cache ${half}`, row.gcHalf);
-    show(`grad cache ${quarter}`, row.gcQuarter);
-    show('PyTorch plain', row.torch);
-    show(`PyTorch grad cache ${half}`, row.torchGcHalf);
-    show(`PyTorch grad cache ${quarter}`, row.torchGcQuarter);
+    console.log(`train step, ${name} (s/step: median and range of ${rounds} rounds, each kind alone in a process, ours and PyTorch alternating; -> our throughput over PyTorch's):`);
+    const kinds = [['plain', 'none'], [`grad cache ${s.batch / 2}/${s.batch * s.n / 2}`, `${s.batch / 2}/${s.batch * s.n / 2}`], [`grad cache ${s.batch / 4}/${s.batch * s.n / 4}`, `${s.batch / 4}/${s.batch * s.n / 4}`]];
+    const row = { shape: name, backend, rounds, kinds: [] as KindResult[] };
+    for (const [label, gc] of kinds) {
+      const runs = alternate({ ...s, gc });
+      row.backend = String(runs.ours.find((f) => typeof f.backend === 'string')?.backend ?? row.backend); // what 'auto' started
+      const k = kindResult(label, runs);
+      showKind(label, k);
+      row.kinds.push(k);
+    }
     train.push(row);
   }
   results.train = train;
-  const h = train[quick ? 0 : 1] as Record<string, Figures>;
-  targets.push(`throughput vs PyTorch, ${h.shape} (>= 1.0): ${fmtRatio(ratio(num(h.plain, 'samplesPerSecond'), num(h.torch, 'samplesPerSecond')))}`);
-  const gcRatio = (gc: string, plain: string) => fmtRatio(ratio(num(h[gc], 'stepSeconds'), num(h[plain], 'stepSeconds')));
-  targets.push(`grad-cache step / plain step, chunks of half the rows (<= 1.25): ${gcRatio('gcHalf', 'plain')} (PyTorch ${gcRatio('torchGcHalf', 'torch')}); a quarter: ${gcRatio('gcQuarter', 'plain')} (PyTorch ${gcRatio('torchGcQuarter', 'torch')})`);
+  const [plain, half, quarter] = train[quick ? 0 : 1].kinds;
+  targets.push(`throughput vs PyTorch, ${train[quick ? 0 : 1].shape} (>= 1.0): ${fmtRatioSpread(plain.speedup)}`);
+  const gcRatio = (gc: KindResult, side: 'ours' | 'torch') => fmtRatioSpread(ratioSpread(gc[side]?.runs ?? [], plain[side]?.runs ?? []));
+  targets.push(`grad-cache step / plain step, chunks of half the rows (<= 1.25): ${gcRatio(half, 'ours')} (PyTorch ${gcRatio(half, 'torch')}); a quarter: ${gcRatio(quarter, 'ours')} (PyTorch ${gcRatio(quarter, 'torch')})`);
   if (!quick) writeChart(train);
 }
 
@@ -136,16 +205,13 @@ if (sections.has('memory')) {
 }
 
 if (sections.has('encode')) {
-  console.log('encode (no dropout), batch 64 × 128 tokens:');
+  console.log(`encode (no dropout), batch 64 × 128 tokens (passages/s: median and range of ${rounds} rounds, ours and PyTorch alternating):`);
   const shapes = quick ? [{ layers: 2, hidden: 128 }] : [{ layers: 4, hidden: 256 }, { layers: 12, hidden: 768 }];
-  const enc = shapes.map((s) => {
-    const a = { ...s, batch: 64, plen: 128, steps: 3, mode: 'encode' };
-    const row = { shape: `L${s.layers}/H${s.hidden}`, ours: ours(a)[0], torch: torch(a)?.[0] ?? null };
-    show(`${row.shape} tevatron-ts`, row.ours, 'passagesPerSecond', num(row.ours, 'peakRssMB'));
-    show(`${row.shape} PyTorch`, row.torch, 'passagesPerSecond');
-    return row;
+  results.encode = shapes.map((s) => {
+    const k = kindResult(`L${s.layers}/H${s.hidden}`, alternate({ ...s, batch: 64, plen: 128, steps: 3, mode: 'encode' }), 'passagesPerSecond', true);
+    showKind(k.kind, k, 'passages/s');
+    return k;
   });
-  results.encode = enc;
 }
 
 if (sections.has('search')) {

@@ -3,6 +3,7 @@
 // defaults — and the parser that reads argv (or a single .json flag file, as HfArgumentParser does),
 // validates it and writes --help.
 import { readFileSync } from 'node:fs';
+import { errorText } from './errors.ts';
 
 export type Script = 'train' | 'encode' | 'search' | 'evaluate' | 'push_to_hub';
 type Kind = 'string' | 'int' | 'float' | 'bool' | 'list' | 'optional';
@@ -188,7 +189,7 @@ function parseJsonFile(path: string, script: Script): Args {
   try {
     obj = JSON.parse(readFileSync(path, 'utf8'));
   } catch (e) {
-    throw new Error(`${path}: cannot read the flag file (${(e as Error).message}); pass a JSON object of flag names to values`);
+    throw new Error(`${path}: cannot read the flag file (${errorText(e)}); pass a JSON object of flag names to values`);
   }
   if (typeof obj !== 'object' || obj === null || Array.isArray(obj)) throw new Error(`${path}: the flag file must hold a JSON object`);
   const args = defaults(script);

@@ -1,6 +1,7 @@
 // What every script shares: parse flags (or print --help), and run a main function so that a user's
 // mistake ends the process with one line on stderr and a non-zero exit code, never a stack trace.
 import { helpText, parseArgs, type Args, type Script } from './args.ts';
+import { errorText } from './errors.ts';
 
 /** Parses process.argv for `script`; prints --help and exits 0 when asked. */
 export function scriptArgs(script: Script, argv = process.argv.slice(2)): Args {
@@ -16,8 +17,7 @@ export async function runScript(script: string, main: () => Promise<void>): Prom
   try {
     await main();
   } catch (e) {
-    const err = e as Error;
-    console.error(`${script}: ${process.env.TEVATRON_DEBUG ? err.stack : err.message}`);
+    console.error(`${script}: ${process.env.TEVATRON_DEBUG ? (e as Error).stack : errorText(e)}`);
     process.exit(1);
   }
 }

@@ -22,6 +22,7 @@ export function loadEvalSet(queriesFile: string, corpusFile: string, qrelsFile: 
   const passages = readRows(corpusFile).map(({ row, where }) => ({ ...toEncodeItem(row, where, false, o), text: String((row as { text?: unknown }).text ?? '') }));
   const qrels = qrelsFile ? parseQrels(qrelsFile) : null;
   if (!qrels && queries.some((q) => !q.answers)) throw new Error(`${queriesFile}: without --eval_qrels every query needs "answers" to score the ranking against`);
+  if (qrels && !queries.some((q) => qrels.has(q.id))) throw new Error(`${queriesFile} and ${qrelsFile} share no query id; pass the qrels of these queries (--eval_qrels)`);
   return { queries, passages, qrels };
 }
 

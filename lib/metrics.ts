@@ -33,8 +33,12 @@ export function parseQrels(path: string): Qrels {
   return qrels;
 }
 
-/** Text `qid docid score` (best first per query) or TREC `qid Q0 docid rank score tag` (ordered by rank). */
-export function parseRun(path: string): Run {
+/**
+ * Text `qid docid score` (best first per query) or TREC `qid Q0 docid rank score tag` (ordered by rank).
+ * A docid listed twice for a query is kept once, at its best rank; `duplicates` counts the others. A run
+ * with no line is an error.
+ */
+export function parseRun(path: string): { run: Run; duplicates: number } {
   const rows = new Map<string, { docid: string; key: number; line: number }[]>();
   readLines(path, 'run').forEach((line, i) => {
     if (!line.trim()) return;
@@ -47,10 +51,19 @@ export function parseRun(path: string): Run {
     if (!rows.has(qid)) rows.set(qid, []);
     rows.get(qid)!.push({ docid, key, line: i });
   });
+  if (rows.size === 0) throw new Error(`${path}: the run is empty; expected lines 'qid docid score' or TREC 'qid Q0 docid rank score tag' (scripts/search.ts --save_ranking_to writes them)`);
   const run: Run = new Map();
-  for (const [qid, list] of rows) run.set(qid, list.sort((a, b) => a.key - b.key || a.line - b.line).map((r) => r.docid));
-  return run;
+  let duplicates = 0;
+  for (const [qid, list] of rows) {
+    const ranked = [...new Set(list.sort((a, b) => a.key - b.key || a.line - b.line).map((r) => r.docid))];
+    duplicates += list.length - ranked.length;
+    run.set(qid, ranked);
+  }
+  return { run, duplicates };
 }
+
+/** A few ids of a collection, for messages. */
+const someIds = (ids: Iterable<string>) => [...ids].slice(0, 3).map((id) => `'${id}'`).join(', ');
 
 export interface RankingMetrics {
   queries: number;
@@ -59,9 +72,17 @@ export interface RankingMetrics {
 
 /**
  * Means over the queries of the qrels (a query missing from the run scores 0): recall@k (relevant found
- * in the top k / relevant), MRR@10, nDCG@10 with gains equal to the relevance (trec_eval's ndcg_cut).
+ * in the top k / relevant), MRR@10, nDCG@10 with gains equal to the relevance (trec_eval's ndcg_cut). A
+ * docid repeated in a ranking counts once, at its first rank. A run that shares no query with the qrels
+ * (another query set, or ids written differently) is an error, not all-zero metrics; `names` name the two
+ * in that message.
  */
-export function rankingMetrics(run: Run, qrels: Qrels, ks: number[] = [1, 5, 10, 20, 100, 1000]): RankingMetrics {
+export function rankingMetrics(run: Run, qrels: Qrels, ks: number[] = [1, 5, 10, 20, 100, 1000], names = { run: 'the run', qrels: 'the qrels' }): RankingMetrics {
+  const judged = [...qrels].filter(([, rels]) => [...rels.values()].some((r) => r > 0)).map(([qid]) => qid);
+  if (judged.length === 0) throw new Error(`${names.qrels}: no query has a relevant passage (relevance > 0); check the file`);
+  if (!judged.some((qid) => run.has(qid))) {
+    throw new Error(`${names.run} and ${names.qrels} share no query id (run: ${someIds(run.keys())}; qrels: ${someIds(judged)}); evaluate a run against the qrels of its own queries`);
+  }
   const sums: Record<string, number> = {};
   const add = (k: string, v: number) => (sums[k] = (sums[k] ?? 0) + v);
   let queries = 0;
@@ -69,7 +90,7 @@ export function rankingMetrics(run: Run, qrels: Qrels, ks: number[] = [1, 5, 10,
     const relevant = [...rels].filter(([, r]) => r > 0);
     if (relevant.length === 0) continue;
     queries++;
-    const ranked = run.get(qid) ?? [];
+    const ranked = [...new Set(run.get(qid) ?? [])];
     for (const k of ks) add(`recall@${k}`, ranked.slice(0, k).filter((d) => (rels.get(d) ?? 0) > 0).length / relevant.length);
     const first = ranked.slice(0, 10).findIndex((d) => (rels.get(d) ?? 0) > 0);
     add('mrr@10', first < 0 ? 0 : 1 / (first + 1));

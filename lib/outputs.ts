@@ -1,11 +1,13 @@
 // What a training run writes and reads back: checkpoints (`checkpoint-N/`: the model in Hugging Face
 // layout, tokenizer, optimizer moments, trainer_state.json), their rotation, the final model, and
-// metrics.jsonl. Every directory is assembled under a temporary name and renamed into place.
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { appendFile, mkdir, rename, rm, writeFile } from 'node:fs/promises';
+// metrics.jsonl. Every directory is assembled under a temporary name and renamed into place; what a
+// killed run leaves (a half-written checkpoint folder, metrics logged after its last checkpoint) is
+// cleaned up by the run that follows it.
+import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { appendFile, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { loadModelDir, saveModelDir, type PoolerConfig } from './model/checkpoint.ts';
+import { loadModelDir, readJson, saveModelDir, type PoolerConfig } from './model/checkpoint.ts';
 import { SETTINGS_FILE, splitPooler, type EncoderSettings } from './model/pretrained.ts';
 import { parseSafetensors, serializeSafetensors, type TensorDict } from './model/safetensors.ts';
 import type { ParamMap } from './model/types.ts';
@@ -92,8 +94,61 @@ export async function readCheckpoint(dir: string, untied: boolean, like: ParamMa
       if (!t) throw new Error(`${optFile}: no ${prefix}${k}; the checkpoint is incomplete`);
       return [k, tf.tensor(t.data, t.shape)];
     }));
-  const state = JSON.parse(readFileSync(stateFile, 'utf8')) as TrainerState;
+  const state = (await readJson(stateFile)) as TrainerState;
+  if (!Number.isInteger(state.global_step) || state.global_step < 0) throw new Error(`${stateFile}: global_step ${state.global_step} is not a step count; the checkpoint is damaged, resume from an earlier one`);
   return { params, optimizer: { step: state.global_step, m: moments('exp_avg.'), v: moments('exp_avg_sq.') }, state };
+}
+
+const STAGED_CHECKPOINT = /^checkpoint-\d+\.tmp-(\d+)$/;
+
+/** Whether a process with this id exists (EPERM: it does, owned by another user). */
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Checks --output_dir before a run writes into it (a directory; empty unless resuming or overwriting),
+ * and removes the `checkpoint-N.tmp-PID` folders of saves that a kill interrupted, each the size of a
+ * model and its optimizer state. Only folders whose PID is no live process go: a live one may be a save in
+ * progress. Returns notes for the log.
+ */
+export function prepareOutputDir(outputDir: string, o: { resume: boolean; overwrite: boolean }): string[] {
+  if (!existsSync(outputDir)) return [];
+  if (!statSync(outputDir).isDirectory()) throw new Error(`--output_dir ${outputDir} is a file, not a directory; pass a directory path (it is created if absent)`);
+  const entries = readdirSync(outputDir);
+  if (!o.resume && !o.overwrite && entries.length > 0) {
+    throw new Error(`--output_dir ${outputDir} exists and is not empty; pass --overwrite_output_dir to train over it, or --resume_from_checkpoint to continue`);
+  }
+  const stale = entries.filter((n) => STAGED_CHECKPOINT.test(n) && !processAlive(Number(n.match(STAGED_CHECKPOINT)![1])));
+  for (const n of stale) rmSync(path.join(outputDir, n), { recursive: true, force: true });
+  return stale.length ? [`removed ${stale.join(', ')} from ${outputDir}: checkpoints half-written by runs that are no longer running`] : [];
+}
+
+/**
+ * A run resumed at step N logs steps N+1... again: metrics.jsonl keeps only the records of steps ≤ N
+ * (and drops a line a kill cut short). Returns how many records were removed.
+ */
+export async function truncateMetrics(outputDir: string, step: number): Promise<number> {
+  const file = path.join(outputDir, 'metrics.jsonl');
+  if (!existsSync(file)) return 0;
+  const lines = (await readFile(file, 'utf8')).split('\n').filter((l) => l.trim() !== '');
+  const keep = lines.filter((l) => {
+    try {
+      return (JSON.parse(l) as { step?: unknown }).step as number <= step;
+    } catch {
+      return false;
+    }
+  });
+  if (keep.length === lines.length) return 0;
+  const tmp = `${file}.tmp-${process.pid}`;
+  await writeFile(tmp, keep.map((l) => `${l}\n`).join(''));
+  await rename(tmp, file);
+  return lines.length - keep.length;
 }
 
 /** `--resume_from_checkpoint true`: the latest checkpoint in the output dir; a path: that checkpoint. */

@@ -2,8 +2,10 @@
 // may together outgrow memory, so each is read a block of rows at a time; every block is scored against
 // the queries (one matmul per batch of queries, then the backend's top-k) and its candidates enter a fixed
 // buffer of the best `depth` hits per query. Memory holds the queries, one block (two while searchFiles
-// reads the next one ahead) and the buffers, whatever the corpus size. Ties rank the passage that comes first (shard order, then row) higher, so results are
-// deterministic and do not depend on the block size.
+// reads the next one ahead) and the buffers, whatever the corpus size. Ties rank the passage that comes
+// first (shard order, then row) higher, so results are deterministic and do not depend on the block size.
+// A docid found twice (shards that overlap, or a corpus that lists it twice) is listed once, with its best
+// score.
 import { closeSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs';
 import { encodedBlocks, encodedBlocksAhead, openEncoded, type Block, type Encoded } from './encoded.ts';
@@ -25,32 +27,49 @@ export interface SearchOptions {
   blockRows?: number;
   /** Called after each block with the passages scored so far and the total. */
   onProgress?: (done: number, total: number) => void;
+  /** Hears of each repeated docid that reached a query's list (query index, docid); it is listed once. */
+  onDuplicate?: (query: number, docid: string) => void;
 }
 
-/** The best `depth` hits of every query so far, best first, in fixed buffers (no growing lists). */
-function topHits(queries: number, depth: number) {
+/**
+ * The best `depth` distinct docids of every query so far, best first, in fixed buffers (no growing lists). A
+ * docid offered again keeps its better hit, so the buffer always holds the top `depth` distinct docids.
+ */
+function topHits(queries: number, depth: number, onDuplicate?: (query: number, docid: string) => void) {
   const scores = new Float64Array(queries * depth);
   const orders = new Float64Array(queries * depth);
   const docids: string[] = new Array(queries * depth);
   const counts = new Int32Array(queries);
   const better = (s: number, o: number, at: number) => s > scores[at] || (s === scores[at] && o < orders[at]);
+  const move = (to: number, from: number) => {
+    scores[to] = scores[from];
+    orders[to] = orders[from];
+    docids[to] = docids[from];
+  };
   return {
     /** The lowest score a hit needs to enter query q's list (-Infinity while it is not full). */
     floor: (q: number) => (counts[q] < depth ? -Infinity : scores[q * depth + depth - 1]),
-    offer(q: number, score: number, order: number, docid: string): void {
+    /** Offers a hit to query q's list; true when its docid was already listed (a repeat: one entry, the better hit). */
+    offer(q: number, score: number, order: number, docid: string): boolean {
       const base = q * depth;
-      const n = counts[q];
-      if (n === depth && !better(score, order, base + n - 1)) return;
-      let i = base + Math.min(n, depth - 1);
-      for (; i > base && better(score, order, i - 1); i--) {
-        scores[i] = scores[i - 1];
-        orders[i] = orders[i - 1];
-        docids[i] = docids[i - 1];
+      let n = counts[q];
+      if (n === depth && !better(score, order, base + n - 1)) return false;
+      let seen = base;
+      while (seen < base + n && docids[seen] !== docid) seen++;
+      const repeat = seen < base + n;
+      if (repeat) {
+        onDuplicate?.(q, docid);
+        if (!better(score, order, seen)) return true;
+        for (let j = seen; j < base + n - 1; j++) move(j, j + 1);
+        n -= 1;
       }
+      let i = base + Math.min(n, depth - 1);
+      for (; i > base && better(score, order, i - 1); i--) move(i, i - 1);
       scores[i] = score;
       orders[i] = order;
       docids[i] = docid;
-      if (n < depth) counts[q] = n + 1;
+      counts[q] = Math.min(n + 1, depth);
+      return repeat;
     },
     hits: (q: number): Hit[] => Array.from({ length: counts[q] }, (_, j) => ({ docid: docids[q * depth + j], score: scores[q * depth + j], order: orders[q * depth + j] })),
   };
@@ -89,7 +108,7 @@ function blockScorer(queries: Encoded, shards: Shard[], depth: number, batchSize
   const dim = queries.dim;
   for (const s of shards) if (s.dim !== dim && s.rows > 0) throw new Error(`${s.name} has dimension ${s.dim}, the queries ${dim}; encode both with the same model`);
   const total = shards.reduce((n, s) => n + s.rows, 0);
-  const best = topHits(Q, depth);
+  const best = topHits(Q, depth, opts.onDuplicate);
   const B = batchSize > 0 ? Math.min(batchSize, Q) : Q;
   // TensorFlow reads a transposed operand natively; the other backends are faster with an explicit transpose
   const flagTranspose = tf.getBackend() === 'tensorflow';
@@ -106,17 +125,33 @@ function blockScorer(queries: Encoded, shards: Shard[], depth: number, batchSize
         const p = tf.tensor2d(block.data, [rows, dim]);
         return flagTranspose ? p : tf.transpose(p);
       });
-      queryBatches.forEach((qb, b) => {
-        const { values, indices } = tf.tidy(() => tf.topk(tf.matMul(qb, passages, false, flagTranspose), k, true));
-        const v = values.dataSync();
-        const idx = indices.dataSync();
+      const scoresOf = (qs: tf.Tensor2D, count: number) => {
+        const { values, indices } = tf.tidy(() => tf.topk(tf.matMul(qs, passages, false, flagTranspose), count, true));
+        const out = { v: values.dataSync(), idx: indices.dataSync() };
         tf.dispose([values, indices]);
+        return out;
+      };
+      // Offers query q's candidates [from, to) of a best-first list until one falls below the list's floor
+      // (none of the rest can enter); exhausted: every one was offered.
+      const offerRun = (q: number, v: ArrayLike<number>, idx: ArrayLike<number>, from: number, to: number) => {
+        let repeats = 0;
+        for (let j = from; j < to; j++) {
+          if (v[j] < best.floor(q)) return { exhausted: false, repeats };
+          if (best.offer(q, v[j], first + idx[j], block.ids[idx[j]])) repeats++;
+        }
+        return { exhausted: true, repeats };
+      };
+      queryBatches.forEach((qb, b) => {
+        const { v, idx } = scoresOf(qb, k);
         for (let r = 0; r < qb.shape[0]; r++) {
           const q = b * B + r;
-          for (let j = r * k; j < (r + 1) * k; j++) {
-            // candidates come best first: past the list's floor, none of the rest can enter
-            if (v[j] < best.floor(q)) break;
-            best.offer(q, v[j], first + idx[j], block.ids[idx[j]]);
+          const run = offerRun(q, v, idx, r * k, (r + 1) * k);
+          // a docid repeated within the block took a candidate's place: rank the whole block for this query
+          if (run.exhausted && run.repeats > 0 && k < rows) {
+            const row = qb.slice([r, 0], [1, dim]);
+            const full = scoresOf(row, rows);
+            row.dispose();
+            offerRun(q, full.v, full.idx, k, rows);
           }
         }
       });

@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { errorText } from './errors.ts';
 
 /** Special token ids, looked up in the vocabulary. A superset of the collator's `SpecialTokens`. */
 export interface SpecialTokenIds {
@@ -567,13 +568,17 @@ export class JsonTokenizer implements Tokenizer {
     try {
       parsed = JSON.parse(json);
     } catch (e) {
-      throw new Error(`${source}: not valid JSON (${(e as Error).message}); re-save it with the tokenizer's save_pretrained`);
+      throw new Error(`${source}: not valid JSON (${errorText(e)}); re-save it with the tokenizer's save_pretrained`);
     }
     if (!isObject(parsed) || !isObject(parsed.model)) throw new Error(`${source}: not a tokenizer.json (no "model" object); re-save it with the tokenizer's save_pretrained`);
+    // read from the file, checked, before the library sees it: it indexes an array by these ids
+    this.vocabSize = jsonVocabSize(parsed, source);
     try {
       this.hf = new HFTokenizer(parsed, config);
+      // parts such as the post-processor are only checked when they first run
+      this.hf.encode('a b', { add_special_tokens: false });
     } catch (e) {
-      throw new Error(`${source}: @huggingface/tokenizers cannot load it (${(e as Error).message}); re-save it with a recent tokenizers, or provide vocab.txt for a BERT model`);
+      throw new Error(`${source}: @huggingface/tokenizers cannot load it (${errorText(e)}); re-save it with a recent tokenizers, or provide vocab.txt for a BERT model`);
     }
     const { tokens } = specialTokensFromConfig(config, source);
     this.specialTokens = { ...DEFAULT_SPECIAL, ...tokens };
@@ -589,19 +594,27 @@ export class JsonTokenizer implements Tokenizer {
       ids[k] = id;
     }
     this.special = ids;
-    let size = 0;
-    for (const id of this.hf.get_vocab(true).values()) size = Math.max(size, id + 1);
-    this.vocabSize = size;
   }
 
   encode(text: string): number[] {
-    checkText(text);
-    return this.hf.encode(text, { add_special_tokens: false }).ids;
+    return this.run(text).ids;
   }
 
   tokenize(text: string): string[] {
+    return this.run(text).tokens;
+  }
+
+  private run(text: string): { ids: number[]; tokens: string[] } {
     checkText(text);
-    return this.hf.encode(text, { add_special_tokens: false }).tokens;
+    let out: { ids: number[]; tokens: string[] };
+    try {
+      out = this.hf.encode(text, { add_special_tokens: false });
+    } catch (e) {
+      throw new Error(`${this.source}: @huggingface/tokenizers failed on ${JSON.stringify(text.slice(0, 40))} (${errorText(e)}); re-save the tokenizer with a recent tokenizers`);
+    }
+    const bad = out.ids.findIndex((id) => !isTokenId(id));
+    if (bad >= 0) throw new Error(`${this.source}: gives no id for the token ${JSON.stringify(out.tokens[bad])} of ${JSON.stringify(text.slice(0, 40))}; its unk_token must be in its vocabulary`);
+    return out;
   }
 
   idToToken(id: number): string | undefined {
@@ -630,6 +643,27 @@ export class JsonTokenizer implements Tokenizer {
 
 // ---------------------------------------------------------------------------------------------------
 // tokenizer_config.json / special_tokens_map.json
+
+const isTokenId = (id: unknown): id is number => Number.isInteger(id) && (id as number) >= 0 && (id as number) < 2 ** 31;
+
+/** 1 + the largest id of a tokenizer.json's vocabulary (`model.vocab`: token → id, or Unigram's list) and added tokens. */
+function jsonVocabSize(json: Record<string, unknown>, source: string): number {
+  const model = json.model as Record<string, unknown>;
+  const ids: [string, unknown][] = Array.isArray(model.vocab)
+    ? model.vocab.map((entry, i) => [JSON.stringify(entry), i])
+    : isObject(model.vocab) ? Object.entries(model.vocab) : [];
+  if (!ids.length) throw new Error(`${source}: its "model" has no "vocab"; re-save it with the tokenizer's save_pretrained`);
+  if (json.added_tokens !== undefined && json.added_tokens !== null) {
+    if (!Array.isArray(json.added_tokens)) throw new Error(`${source}: "added_tokens" is not a list; re-save it with the tokenizer's save_pretrained`);
+    for (const t of json.added_tokens) ids.push([JSON.stringify(isObject(t) ? t.content : t), isObject(t) ? t.id : undefined]);
+  }
+  let size = 0;
+  for (const [token, id] of ids) {
+    if (!isTokenId(id)) throw new Error(`${source}: token ${token} has id ${JSON.stringify(id)}, not an integer in [0, 2³¹); re-save it with the tokenizer's save_pretrained`);
+    size = Math.max(size, id + 1);
+  }
+  return size;
+}
 
 function isObject(v: unknown): v is Record<string, unknown> {
   return v !== null && typeof v === 'object' && !Array.isArray(v);
@@ -723,7 +757,7 @@ async function readJsonObject(file: string): Promise<Record<string, unknown>> {
     if (!isObject(v)) throw new Error('not an object');
     return v;
   } catch (e) {
-    throw new Error(`${file}: not a JSON object (${(e as Error).message}); fix it or re-save the tokenizer with save_pretrained`);
+    throw new Error(`${file}: not a JSON object (${errorText(e)}); fix it or re-save the tokenizer with save_pretrained`);
   }
 }
 
@@ -780,7 +814,7 @@ function checkAgrees(tok: WordPieceTokenizer, jsonText: string, jsonFile: string
   try {
     j = JSON.parse(jsonText);
   } catch (e) {
-    throw new Error(`${jsonFile}: not valid JSON (${(e as Error).message}); fix or remove it (${vocabFile} is used)`);
+    throw new Error(`${jsonFile}: not valid JSON (${errorText(e)}); fix or remove it (${vocabFile} is used)`);
   }
   if (!isObject(j)) return;
   const fix = `make ${CONFIG_FILE} agree with ${jsonFile}, remove one of the two, or pass prefer: 'tokenizer.json'`;

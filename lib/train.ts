@@ -41,10 +41,11 @@ export interface StepMetrics {
 }
 
 /**
- * One optimizer step over one or more micro-batches (gradient accumulation averages them). Consumes
- * `state`: its parameter and moment tensors are disposed once the next ones exist (memory is the limit).
+ * The gradient of one optimizer step and its loss: the mean over micro-batches (gradient accumulation),
+ * then the mean over ranks. A rank whose loss is not finite sends NaN gradients, so that every rank sees
+ * a non-finite result of the same all-reduce and stops at the same step (none waits in a collective).
  */
-export async function trainStep(model: BiEncoder, state: TrainState, batches: TrainBatch[], cfg: TrainConfig): Promise<{ state: TrainState; metrics: StepMetrics }> {
+export async function stepGradients(model: BiEncoder, state: TrainState, batches: TrainBatch[], cfg: TrainConfig): Promise<{ grads: ParamMap; loss: number }> {
   const step = state.optimizer.step;
   let grads: ParamMap | null = null;
   let loss = 0;
@@ -59,9 +60,9 @@ export async function trainStep(model: BiEncoder, state: TrainState, batches: Tr
     loss += res.loss / batches.length;
     grads = accumulate(grads, res.grads);
   }
-  if (batches.length > 1) {
+  if (batches.length > 1 || !Number.isFinite(loss)) {
     const summed = grads!;
-    grads = Object.fromEntries(Object.entries(summed).map(([k, g]) => [k, tf.div(g, batches.length)]));
+    grads = Object.fromEntries(Object.entries(summed).map(([k, g]) => [k, Number.isFinite(loss) ? tf.div(g, batches.length) : tf.mul(g, NaN)]));
     disposeParams(summed);
   }
   if (cfg.group && cfg.group.worldSize > 1) {
@@ -69,10 +70,31 @@ export async function trainStep(model: BiEncoder, state: TrainState, batches: Tr
     grads = await allReduceParams(local, cfg.group, 'mean');
     disposeParams(local);
   }
-  const clipped = clipByGlobalNorm(grads!, cfg.maxGradNorm);
+  return { grads: grads!, loss };
+}
+
+/**
+ * One optimizer step over one or more micro-batches (gradient accumulation averages them). Consumes
+ * `state`: its parameter and moment tensors are disposed once the next ones exist (memory is the limit).
+ * A loss or gradient norm that is not finite is an error naming the step, thrown before any update:
+ * `state` is then left as it was, and nothing non-finite reaches a checkpoint.
+ */
+export async function trainStep(model: BiEncoder, state: TrainState, batches: TrainBatch[], cfg: TrainConfig): Promise<{ state: TrainState; metrics: StepMetrics }> {
+  const step = state.optimizer.step;
+  const { grads, loss } = await stepGradients(model, state, batches, cfg);
+  const clipped = clipByGlobalNorm(grads, cfg.maxGradNorm);
+  if (!Number.isFinite(loss) || !Number.isFinite(clipped.norm)) {
+    if (clipped.grads !== grads) disposeParams(clipped.grads);
+    disposeParams(grads);
+    const where = cfg.group && cfg.group.worldSize > 1 ? ` (on rank ${cfg.group.rank}; every rank stops at this step)` : '';
+    throw new Error(
+      `step ${step + 1}: the loss is ${loss} and the gradient norm ${clipped.norm}${where}: training diverged and stops before this update, ` +
+        'so nothing non-finite is saved (checkpoints already written stay); lower --learning_rate, keep --max_grad_norm > 0, or check the data',
+    );
+  }
   const learningRate = cfg.adamw.lr * lrMultiplier(cfg.schedule, step, cfg.warmupSteps, cfg.totalSteps);
   const next = adamwStep(state.params, clipped.grads, state.optimizer, { ...cfg.adamw, lr: learningRate });
   if (clipped.grads !== grads) disposeParams(clipped.grads);
-  disposeParams(grads!, state.params, state.optimizer.m, state.optimizer.v);
+  disposeParams(grads, state.params, state.optimizer.m, state.optimizer.v);
   return { state: { ...state, params: next.params, optimizer: next.state }, metrics: { loss, gradNorm: clipped.norm, learningRate } };
 }

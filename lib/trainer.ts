@@ -42,7 +42,10 @@ export interface LoopHooks {
   onLog?(record: LogRecord): void | Promise<void>;
   /** After every optimizer step (e.g. evaluation every eval_steps). */
   onStep?(state: TrainState, step: number, epoch: number, final: boolean): void | Promise<void>;
-  /** Called after optimizer step `step` when it is a save step, and after the last step (`final`). */
+  /**
+   * Called after optimizer step `step` when it is a save step, and after the last step (`final`); a state
+   * resumed at or past the last step gets the final call alone (its run was stopped before the final save).
+   */
   onSave?(state: TrainState, step: number, epoch: number, final: boolean): void | Promise<void>;
 }
 
@@ -76,6 +79,10 @@ export async function trainLoop(
   const full: TrainConfig = { ...cfg, totalSteps: plan.total, warmupSteps: plan.warmup };
   const accum = o.gradientAccumulationSteps;
   let window = { loss: 0, steps: 0, seconds: 0 }; // seconds spent in steps, not in hooks (evaluation, saving)
+  if (state.optimizer.step >= plan.total) {
+    await hooks.onSave?.(state, state.optimizer.step, state.optimizer.step / plan.perEpoch, true);
+    return state;
+  }
   for (let step = state.optimizer.step; step < plan.total; ) {
     const epoch = Math.floor(step / plan.perEpoch);
     const batches = epochBatches(source.length, { batchSize: o.batchSize, seed: o.seed, epoch, rank, worldSize: W });

@@ -13,7 +13,7 @@ await runScript('encode', async () => {
   const a = scriptArgs('encode');
   rankFromEnv(process.env, a.local_rank as number); // --local_rank from torch.distributed.launch must agree with LOCAL_RANK
   const backend = await initBackend(a.backend as BackendChoice);
-  const loaded = await loadDenseModel(modelRequestFromArgs(a));
+  const loaded = await loadDenseModel({ ...modelRequestFromArgs(a), detectUntied: true });
   loaded.notes.forEach((n) => console.error(n));
   if (loaded.notes.some((n) => n.includes('initialising'))) throw new Error(`${loaded.dir} holds no trained weights; encode with a trained model directory`);
   const tok = loaded.tokenizer;
@@ -25,8 +25,19 @@ await runScript('encode', async () => {
     for (const f of a.encode_in_path as string[]) yield* streamRows(f);
   };
   // datasets' shard(num, index) with contiguous=False: every num-th row, counted across the input files
+  const seen = new Set<string>();
+  let repeated = 0;
+  let example = '';
   const items = (async function* () {
-    for await (const { row, where } of shardOf(rows(), shards, index)) yield toEncodeItem(row, where, isQuery, opts);
+    for await (const { row, where } of shardOf(rows(), shards, index)) {
+      const item = toEncodeItem(row, where, isQuery, opts);
+      if (!seen.has(item.id)) seen.add(item.id);
+      else {
+        repeated += 1;
+        example ||= `${item.id} at ${where}`;
+      }
+      yield item;
+    }
   })();
   const started = performance.now();
   const encoder = isQuery ? loaded.model.encodeQuery : loaded.model.encodePassage;
@@ -38,6 +49,7 @@ await runScript('encode', async () => {
     onProgress: tty ? (done) => process.stderr.write(`\rencoding ${done}`) : undefined,
   });
   if (tty) process.stderr.write('\n');
+  if (repeated) console.error(`warning: ${repeated} row(s) repeat an id listed before (e.g. ${example}); search lists each docid once, with its best score, and evaluation counts it once`);
   const seconds = (performance.now() - started) / 1000;
   console.log(`encoded ${count} ${isQuery ? 'queries' : 'passages'} (shard ${index + 1}/${shards}) on ${backend} in ${seconds.toFixed(1)} s (${(count / seconds).toFixed(0)}/s) to ${a.encoded_save_path}`);
 });

@@ -1,7 +1,6 @@
 // Tevatron's training driver (`python -m tevatron.driver.train`), flag for flag:
 //   npx tsx scripts/train.ts --output_dir out --model_name_or_path bert-base-uncased --train_dir train.jsonl ...
 // One process per device under scripts/launch.ts; rank 0 logs and writes checkpoints.
-import { existsSync, readdirSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { backendInfo, describeBackend, initBackend, type BackendChoice } from '../lib/backend.ts';
@@ -17,7 +16,7 @@ import { connectTcpGroup } from '../lib/dist/tcp.ts';
 import { broadcastParams } from '../lib/dist/tensors.ts';
 import { exampleOptionsFromArgs, loadDenseModel, modelRequestFromArgs } from '../lib/model/pretrained.ts';
 import { initAdamW, type ScheduleType } from '../lib/optim.ts';
-import { appendMetrics, readCheckpoint, resolveResume, writeCheckpoint, writeModel, type SavedModel, type TrainerState } from '../lib/outputs.ts';
+import { appendMetrics, prepareOutputDir, readCheckpoint, resolveResume, truncateMetrics, writeCheckpoint, writeModel, type SavedModel, type TrainerState } from '../lib/outputs.ts';
 import { modelCard } from '../lib/model/card.ts';
 import { writeAtomic } from '../lib/model/hub.ts';
 import { hubFiles, preparePush, pushCommand, pushFiles } from '../lib/model/upload.ts';
@@ -54,9 +53,7 @@ await runScript('train', async () => {
   };
   const outputDir = a.output_dir as string;
   const resume = a.resume_from_checkpoint as string | null;
-  if (main && !resume && !a.overwrite_output_dir && existsSync(outputDir) && readdirSync(outputDir).length > 0) {
-    throw new Error(`--output_dir ${outputDir} exists and is not empty; pass --overwrite_output_dir to train over it, or --resume_from_checkpoint to continue`);
-  }
+  if (main) prepareOutputDir(outputDir, { resume: resume !== null, overwrite: a.overwrite_output_dir as boolean }).forEach(say);
   if (a.fp16) say('warning: --fp16 ignored: TensorFlow.js has no float16 kernels, training runs in float32');
   // Before any work, as Hugging Face's Trainer does at init: a missing token, no rights or no network fail now.
   const push = main && a.push_to_hub
@@ -113,6 +110,7 @@ await runScript('train', async () => {
     history = ckpt.state.log_history;
     runLoggingDir = typeof ckpt.state.logging_dir === 'string' ? ckpt.state.logging_dir : null;
     say(`resuming from ${dir} at step ${ckpt.state.global_step}`);
+    if (main && (await truncateMetrics(outputDir, ckpt.state.global_step)) > 0) say(`metrics.jsonl cut back to step ${ckpt.state.global_step}`);
   } else if (group.worldSize > 1) {
     state.params = await broadcastParams(state.params, group, 0);
   }
@@ -200,7 +198,8 @@ await runScript('train', async () => {
       },
       onSave: async (s, step, epoch, final) => {
         if (!main) return;
-        const checkpoint = step % loop.saveSteps === 0 ? await writeCheckpoint(outputDir, saved(s.params), s.optimizer, trainerState(step, epoch), a.save_total_limit as number | null) : null;
+        // (a run resumed at its last step is saved as the final model; its checkpoint is where it resumed from)
+        const checkpoint = step % loop.saveSteps === 0 && step !== firstStep ? await writeCheckpoint(outputDir, saved(s.params), s.optimizer, trainerState(step, epoch), a.save_total_limit as number | null) : null;
         if (push && checkpoint && !final && a.hub_strategy === 'every_save') {
           await writeCard();
           // A failed push mid-run costs nothing that the push at the end does not redo: training goes on.
@@ -209,6 +208,8 @@ await runScript('train', async () => {
             (e: Error) => say(`warning: ${e.message}; training goes on, the end of training pushes again`),
           );
         }
+        // for tests: die as kill -9 would, after this save step's checkpoint and before the final model
+        if (process.env.TEVATRON_TEST_KILL_AT_SAVE === String(step)) process.kill(process.pid, 'SIGKILL');
         if (final) {
           await writeModel(outputDir, saved(s.params), true);
           await writeFile(path.join(outputDir, 'trainer_state.json'), JSON.stringify(trainerState(step, epoch), null, 2) + '\n');

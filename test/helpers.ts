@@ -1,6 +1,7 @@
 // Shared test setup: start the backend named by TEVATRON_BACKEND (the runner sets it), small random
 // batches, and comparisons of parameter maps.
 import { spawn, spawnSync } from 'node:child_process';
+import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -169,4 +170,10 @@ export function oncePerRun(): string | null {
   const current = process.env.TEVATRON_BACKEND;
   const first = process.env.TEVATRON_TEST_BACKENDS?.split(',').filter(Boolean)[0] ?? 'wasm';
   return current && current !== first ? `uses no backend: runs once per npm test, in the ${first} pass` : null;
+}
+
+/** runScriptFile, synchronously: scripts/NAME.ts as a user runs it; its exit code (null when killed), signal, stdout and stderr. */
+export function runScriptSync(name: string, args: string[], env: NodeJS.ProcessEnv = {}): { code: number | null; signal: string | null; out: string; err: string } {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', path.resolve('scripts', `${name}.ts`), ...args], { encoding: 'utf8', env: { ...process.env, ...env } });
+  return { code: r.status, signal: r.signal, out: r.stdout, err: r.stderr };
 }

@@ -5,6 +5,7 @@ import { gzipSync } from 'node:zlib';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { listDataFiles, loadTrainExamples, readRows, toTrainExample, type ExampleOptions } from '../lib/data/load.ts';
+import { testUnless } from './helpers.ts';
 
 // A stand-in tokenizer: one id per whitespace-separated word (its length × 100 + first char code % 100).
 const words = (t: string) => t.split(/\s+/).filter(Boolean);
@@ -80,8 +81,7 @@ test('readRows refuses a file over its limit (plain, or once gunzipped) with a o
 });
 
 const NQ = path.resolve('../shared/data/nq/train.jsonl');
-test('the shared NQ training file loads: every query has 1 positive and up to 10 negatives', () => {
-  if (!existsSync(NQ)) return console.log(`  (skipped: ${NQ} is absent)`);
+testUnless(existsSync(NQ) ? null : `${NQ} is absent`, 'the shared NQ training file loads: every query has 1 positive and up to 10 negatives', () => {
   const examples = loadTrainExamples([NQ], { ...opts, qMaxLen: 32, pMaxLen: 128 });
   assert.is(examples.length, 2106);
   assert.ok(examples.every((e) => e.positives.length === 1 && e.negatives.length <= 10));

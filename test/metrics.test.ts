@@ -14,9 +14,9 @@ const file = (name: string, text: string) => {
 };
 
 test('run and qrels formats: text and TREC runs, 2-column, 3-column and TREC qrels', () => {
-  const text = parseRun(file('run.txt', 'q1\td2\t0.5\nq1\td1\t0.9\nq2\td3\t1\n'));
+  const { run: text } = parseRun(file('run.txt', 'q1\td2\t0.5\nq1\td1\t0.9\nq2\td3\t1\n'));
   assert.equal(text.get('q1'), ['d1', 'd2'], 'text runs are ordered by score');
-  const trec = parseRun(file('run.trec', 'q1 Q0 d2 2 0.5 x\nq1 Q0 d1 1 0.9 x\n'));
+  const { run: trec } = parseRun(file('run.trec', 'q1 Q0 d2 2 0.5 x\nq1 Q0 d1 1 0.9 x\n'));
   assert.equal(trec.get('q1'), ['d1', 'd2'], 'TREC runs are ordered by rank');
   assert.equal([...parseQrels(file('a.tsv', 'q1\td1\n')).get('q1')!], [['d1', 1]]);
   assert.equal([...parseQrels(file('b.trec', 'q1 0 d1 2\nq1 0 d2 0\n')).get('q1')!], [['d1', 2], ['d2', 0]]);
@@ -41,6 +41,21 @@ test('recall@k, MRR@10, nDCG@10 on a hand-computed case', () => {
   // graded: gains are the relevance
   const g = rankingMetrics(new Map([['q', ['a', 'b']]]), new Map([['q', new Map([['a', 1], ['b', 3]])]]), [1]);
   close(g['ndcg@10'], (1 + 3 / Math.log2(3)) / (3 + 1 / Math.log2(3)), 1e-12, 'graded nDCG');
+});
+
+test('a docid repeated in a ranking counts once, at its best rank; an empty run and disjoint qrels are errors', () => {
+  // q1 lists d1 at ranks 1 and 3 (and, in the file, a third time): recall@5 of its two relevant d1, d2 is 2/2, not 3/2
+  const { run, duplicates } = parseRun(file('dup.txt', 'q1 d1 9\nq1 d3 8\nq1 d1 7\nq1 d2 6\nq1 d1 5\n'));
+  assert.equal(run.get('q1'), ['d1', 'd3', 'd2']);
+  assert.is(duplicates, 2);
+  const qrels = new Map([['q1', new Map([['d1', 1], ['d2', 1]])]]);
+  const m = rankingMetrics(new Map([['q1', ['d1', 'd3', 'd1', 'd2', 'd1']]]), qrels, [5]);
+  assert.is(m['recall@5'], 1);
+  // DCG = 1 + 1/log2(4) over the ideal 1 + 1/log2(3): at most 1
+  close(m['ndcg@10'], (1 + 1 / Math.log2(4)) / (1 + 1 / Math.log2(3)), 1e-12, 'nDCG@10 with the repeat dropped');
+  assert.throws(() => parseRun(file('empty.txt', '\n\n')), /empty.txt: the run is empty/);
+  assert.throws(() => rankingMetrics(new Map([['a', ['d1']]]), qrels, [5], { run: 'run.txt', qrels: 'q.tsv' }), /run.txt and q.tsv share no query id \(run: 'a'; qrels: 'q1'\)/);
+  assert.throws(() => rankingMetrics(run, new Map([['q1', new Map([['d1', 0]])]]), [5]), /no query has a relevant passage/);
 });
 
 test('has_answer as DPR: NFD, uncased token sequences, punctuation as tokens', () => {

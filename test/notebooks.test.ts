@@ -15,6 +15,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { testUnless } from './helpers.ts';
 
 const root = path.resolve('.');
 const dir = path.join(root, 'notebooks');
@@ -58,12 +59,16 @@ test('the notebooks are committed without outputs and name the tslab kernel', ()
   }
 });
 
-/** Why the notebooks cannot or should not run in this process, or null. */
-function skipReason(): string | null {
-  if (process.env.TEVATRON_NOTEBOOKS === 'skip') return 'TEVATRON_NOTEBOOKS=skip';
+/** The pass of `npm test` that runs the notebooks (they start their own backend), or null for this one. */
+function otherPass(): string | null {
   const current = process.env.TEVATRON_BACKEND;
   const first = process.env.TEVATRON_TEST_BACKENDS?.split(',').filter(Boolean)[0] ?? 'wasm';
-  if (current && current !== first) return `they run once per npm test, in the ${first} pass`;
+  return current && current !== first ? first : null;
+}
+
+/** Why the notebooks cannot run here, or null. */
+function skipReason(): string | null {
+  if (process.env.TEVATRON_NOTEBOOKS === 'skip') return 'TEVATRON_NOTEBOOKS=skip';
   const version = spawnSync(jupyter, ['nbconvert', '--version'], { encoding: 'utf8', timeout: 60_000 });
   if (version.status !== 0) {
     return `Jupyter's nbconvert is not installed (Debian: apt-get install jupyter-nbconvert python3-nbclient python3-ipykernel; see .ci/run)`;
@@ -90,15 +95,19 @@ function tableRows(html: string): string[][] {
   return [...html.matchAll(/<tr>(.*?)<\/tr>/gs)].map((m) => [...m[1].matchAll(/<t[hd][^>]*>(.*?)<\/t[hd]>/gs)].map((c) => c[1].replace(/<[^>]+>/g, '')));
 }
 
-const reason = skipReason();
-if (reason) {
-  test('notebooks execute headless on the tslab kernel', () => console.log(`  (skipped: ${reason})`));
+const pass = otherPass();
+const reason = pass ? null : skipReason();
+const only = process.env.TEVATRON_NOTEBOOKS === 'skip' ? undefined : process.env.TEVATRON_NOTEBOOKS;
+const selected = notebooks.filter((n) => !only || n.includes(only));
+if (pass) {
+  console.log(`  (the notebooks run once per npm test, in the ${pass} pass)`);
+} else if (reason) {
+  for (const nb of selected) testUnless(reason, `${nb} executes headless on the tslab kernel`, () => {});
 } else {
   const out = mkdtempSync(path.join(tmpdir(), 'notebooks-'));
   const env: NodeJS.ProcessEnv = { ...process.env, PYDEVD_DISABLE_FILE_VALIDATION: '1' };
   delete env.TEVATRON_BACKEND;
-  const only = process.env.TEVATRON_NOTEBOOKS;
-  for (const nb of notebooks.filter((n) => !only || n.includes(only))) {
+  for (const nb of selected) {
     test(`${nb} executes headless on the tslab kernel, with its charts and tables`, () => {
       const t0 = Date.now();
       const execute = (...extra: string[]) => spawnSync(

@@ -1,6 +1,7 @@
 // `npm test`: runs the uvu suite once per backend (the same specs on each, as tfjs does), then prints
-// one closing line `N passed, M failed, K skipped` summed over backends. Extra arguments are passed to uvu as its
-// file pattern, e.g. `npm test -- gradcache`. The backends are tensorflow (when its binding loads: see
+// one closing line `N passed, M failed, K skipped` summed over backends: a test that cannot run here
+// (testUnless in test/helpers.ts) counts as skipped, a test file that fails to import as failed. Extra
+// arguments are passed to uvu as its file pattern, e.g. `npm test -- gradcache`. The backends are tensorflow (when its binding loads: see
 // `npm run setup:tensorflow`), wasm and cpu; TEVATRON_TEST_BACKENDS=wasm,cpu picks them instead.
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -40,8 +41,7 @@ let failed = 0;
 let skipped = 0;
 for (const backend of backends) {
   console.log(`\n=== backend: ${backend} ===`);
-  // --no-color: uvu would set FORCE_COLOR, which next to NO_COLOR makes every child Node process warn.
-  const run = spawnSync(process.execPath, ['--import', 'tsx', path.join(root, 'node_modules/uvu/bin.js'), '--no-color', 'test', pattern], {
+  const run = spawnSync(process.execPath, ['--import', 'tsx', path.join(root, 'test/suite.mjs'), 'test', pattern], {
     cwd: root,
     env: { ...process.env, TEVATRON_BACKEND: backend, NO_COLOR: '1' },
     encoding: 'utf8',
@@ -56,10 +56,11 @@ for (const backend of backends) {
     console.log(`backend ${backend}: the suite did not finish (exit ${run.status})`);
     continue;
   }
+  const importFailures = count('Import failures') || 0;
   passed += count('Passed');
-  failed += total - count('Passed');
-  skipped += count('Skipped') || 0;
-  if (run.status !== 0 && total === count('Passed')) failed += 1;
+  failed += total - count('Passed') + importFailures;
+  skipped += count('Skipped');
+  if (run.status !== 0 && total === count('Passed') && importFailures === 0) failed += 1;
 }
 console.log(`${passed} passed, ${failed} failed, ${skipped} skipped`);
 process.exit(failed > 0 ? 1 : 0);

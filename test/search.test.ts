@@ -57,6 +57,22 @@ test('ties rank the earlier passage first; depth larger than the corpus returns 
   assert.is(formatRanking(['q'], search(q, [p], 2), 'trec'), 'q Q0 b 1 2 tevatron-ts\nq Q0 c 2 2 tevatron-ts\n');
 });
 
+test('overlapping shards: each docid listed once per query, with its best score, and each repeat reported', () => {
+  const q: Encoded = { ids: ['q0', 'q1'], data: Float32Array.from([1, 0, 0, 1]), dim: 2 };
+  // 'b' is in both shards (scores 2 and 3 for q0), 'a' twice in the first; every other docid once
+  const s1: Encoded = { ids: ['a', 'b', 'a'], data: Float32Array.from([5, 0, 2, 1, 4, 0]), dim: 2 };
+  const s2: Encoded = { ids: ['b', 'c'], data: Float32Array.from([3, 0, 1, 2]), dim: 2 };
+  const repeats: string[] = [];
+  const hits = search(q, [s1, s2], 10, 128, { onDuplicate: (qi, docid) => void repeats.push(`${q.ids[qi]}:${docid}`) });
+  assert.equal(hits[0].map((h) => [h.docid, h.score]), [['a', 5], ['b', 3], ['c', 1]]);
+  assert.equal(hits[1].map((h) => [h.docid, h.score]), [['c', 2], ['b', 1], ['a', 0]]);
+  assert.equal(repeats.sort(), ['q0:a', 'q0:b', 'q1:a', 'q1:b']);
+  assert.equal(search(q, [s1, s2], 2)[0].map((h) => h.docid), ['a', 'b'], 'depth counts distinct docids');
+  // within one block, a repeat must not take the place of the next distinct docid (top-2 of a, a, b is a, b)
+  const block: Encoded = { ids: ['a', 'a', 'b', 'c'], data: Float32Array.from([5, 0, 4, 0, 3, 0, 1, 0]), dim: 2 };
+  for (const blockRows of [1, 2, 4]) assert.equal(search(q, [block], 2, 128, { blockRows })[0].map((h) => [h.docid, h.score]), [['a', 5], ['b', 3]], `blocks of ${blockRows}`);
+});
+
 test('encoded files round trip; mismatched ids and dimensions are clear errors', () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'enc-'));
   const file = path.join(dir, 'corpus.safetensors');

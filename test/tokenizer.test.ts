@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { JsonTokenizer, WordPieceTokenizer, loadTokenizer, parseVocab, saveTokenizer, wordPieceOptionsFromConfig, type Tokenizer } from '../lib/tokenizer.ts';
+import { testUnless } from './helpers.ts';
 
 const ROOT = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const FIXTURES = path.join(ROOT, 'test/fixtures/tokenizer');
@@ -30,8 +31,7 @@ const fixture: Fixture = JSON.parse(readFileSync(path.join(FIXTURES, 'bert-base-
 /** A test that needs the shared data; without it, says why it did not run. */
 function withData(name: string, files: string[], fn: () => void | Promise<void>): void {
   const missing = files.filter((f) => !existsSync(f));
-  if (missing.length) test(name, () => console.log(`  (skipped: ${missing.join(', ')} absent)`));
-  else test(name, fn);
+  testUnless(missing.length ? `${missing.join(', ')} absent` : null, name, fn);
 }
 
 /** Awaits a promise that must fail with a message matching `pattern`. */

@@ -83,4 +83,17 @@ test('training from the on-disk tokenized store = training from the examples in 
   }
 });
 
+test('a state resumed at or past the last step gets the final save alone (a run killed before its final save)', async () => {
+  const total = schedulePlan(task.train.length, loop).total;
+  for (const step of [total, total + 3]) {
+    const state = fresh();
+    state.optimizer.step = step;
+    const calls: [number, boolean][] = [];
+    const out = await trainLoop(model, state, task.train, loop, cfg, { onSave: (_, s, _e, final) => void calls.push([s, final]), onLog: () => assert.unreachable('no step runs') });
+    assert.equal(calls, [[step, true]]);
+    assert.is(out, state, 'the state is returned as it was');
+    disposeAll(state.params, state.optimizer.m, state.optimizer.v);
+  }
+});
+
 test.run();

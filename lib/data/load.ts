@@ -5,6 +5,7 @@
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
+import { errorText } from '../errors.ts';
 import type { TrainExample } from './sample.ts';
 import { isParquet, parseLine, streamRows } from './stream.ts';
 
@@ -57,7 +58,7 @@ export function readRows(file: string, limit = READ_ROWS_LIMIT): { row: unknown;
     try {
       rows = JSON.parse(text);
     } catch (e) {
-      throw new Error(`${file}: not valid JSON (${(e as Error).message}); use a JSON array or one JSON object per line`);
+      throw new Error(`${file}: not valid JSON (${errorText(e)}); use a JSON array or one JSON object per line`);
     }
     return rows.map((row, i) => ({ row, where: `${file}: item ${i + 1}` }));
   }
@@ -102,8 +103,9 @@ function fail(where: string, field: string, fix: string): Error {
   return new Error(`${where}: ${field} ${fix}`);
 }
 
+/** Token ids: integers in [0, 2³¹) (stored as int32; a larger one would wrap to another token). */
 function isIds(v: unknown): v is number[] {
-  return Array.isArray(v) && v.every((x) => Number.isInteger(x));
+  return Array.isArray(v) && v.every((x) => Number.isInteger(x) && x >= 0 && x < 2 ** 31);
 }
 
 function passageOf(p: unknown, where: string, field: string): PassageRow {
@@ -124,7 +126,7 @@ export function toTrainExample(row: unknown, where: string, o: ExampleOptions): 
     const seq = (v: unknown, field: string, max: number) => {
       if (typeof v === 'string') return o.tokenize(v, max);
       if (isIds(v)) return v.slice(0, max);
-      throw fail(where, field, 'must be a list of token ids or a string');
+      throw fail(where, field, 'must be a list of token ids (integers ≥ 0) or a string');
     };
     const list = (field: string) => {
       const v = r[field] ?? [];

@@ -1,6 +1,7 @@
-// Which examples make up each batch of an epoch: a seeded permutation per epoch, split between ranks
-// (rank r takes every W-th index, so ranks never see the same example — Tevatron issue #89), cut into
-// local batches of B with the incomplete last batch dropped, as Tevatron's DataLoader does.
+// Which examples make up each batch of an epoch: a seeded permutation per epoch, cut into global batches
+// of W·B with the incomplete last one dropped, as Tevatron's DataLoader does; rank r takes the r-th block of
+// B rows of each (so ranks never see the same example — Tevatron issue #89). Rank order then is the row
+// order of one process with batch W·B, whose dropout masks (a function of the row) the W ranks reproduce.
 import { PyRandom } from './pyrandom.ts';
 
 export interface EpochOptions {
@@ -19,10 +20,8 @@ export function epochBatches(numExamples: number, opts: EpochOptions): number[][
   if (!Number.isInteger(B) || B < 1) throw new Error(`--per_device_train_batch_size must be a positive integer, got ${B}`);
   const order = Array.from({ length: numExamples }, (_, i) => i);
   if (!opts.noShuffle) new PyRandom(opts.seed + opts.epoch).shuffle(order);
-  const perRank = Math.floor(numExamples / W);
-  const mine = Array.from({ length: perRank }, (_, i) => order[i * W + rank]);
   const batches: number[][] = [];
-  for (let s = 0; s + B <= mine.length; s += B) batches.push(mine.slice(s, s + B));
+  for (let s = 0; s + W * B <= numExamples; s += W * B) batches.push(order.slice(s + rank * B, s + (rank + 1) * B));
   return batches;
 }
 

@@ -7,6 +7,7 @@ import { open, type FileHandle } from 'node:fs/promises';
 import { pipeline, type Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { parquetMetadataAsync, parquetReadObjects, type AsyncBuffer } from 'hyparquet';
+import { errorText } from '../errors.ts';
 
 export interface StreamOptions {
   /** Bytes per read (and per gunzip output chunk); default 1 MiB. Tests use a few bytes to hit every boundary. */
@@ -51,7 +52,7 @@ async function* chunks(file: string, chunkSize: number): AsyncGenerator<{ chunk:
   try {
     for await (const chunk of stream) yield { chunk: chunk as Buffer, read: raw.bytesRead };
   } catch (e) {
-    throw new Error(`${file}: cannot read (${(e as Error).message})`);
+    throw new Error(`${file}: cannot read (${errorText(e)})`);
   }
 }
 
@@ -112,7 +113,7 @@ export function parseLine(file: string, l: Line): Row {
   try {
     return { row: JSON.parse(l.text), where: `${file}:${l.line}` };
   } catch (e) {
-    throw new Error(`${file}:${l.line}: not valid JSON (${(e as Error).message})`);
+    throw new Error(`${file}:${l.line}: not valid JSON (${errorText(e)})`);
   }
 }
 
@@ -141,7 +142,7 @@ async function* arrayRows(file: string, o: StreamOptions): AsyncGenerator<Row> {
   try {
     rows = JSON.parse(Buffer.concat(parts).toString('utf8').replace(/^\uFEFF/, ''));
   } catch (e) {
-    throw new Error(`${file}: not valid JSON (${(e as Error).message}); use a JSON array or one JSON object per line`);
+    throw new Error(`${file}: not valid JSON (${errorText(e)}); use a JSON array or one JSON object per line`);
   }
   if (!Array.isArray(rows)) throw new Error(`${file}: not a JSON array; use a JSON array or one JSON object per line`);
   for (let i = 0; i < rows.length; i++) yield { row: rows[i], where: `${file}: item ${i + 1}` };
@@ -162,7 +163,7 @@ function plainNumbers(v: unknown): unknown {
 }
 
 function parquetError(file: string, e: unknown): Error {
-  const msg = (e as Error).message;
+  const msg = errorText(e);
   const fix = /compression codec/.test(msg)
     ? 'rewrite it with snappy compression (pyarrow.parquet.write_table(table, path, compression="snappy")) or convert it to .jsonl'
     : 'check that it is a complete parquet file (re-download it), or convert it to .jsonl';
@@ -197,7 +198,7 @@ export async function openParquet(file: string): Promise<ParquetFile> {
   try {
     handle = await open(file, 'r');
   } catch (e) {
-    throw new Error(`${file}: cannot read (${(e as Error).message})`);
+    throw new Error(`${file}: cannot read (${errorText(e)})`);
   }
   try {
     const buffer = await fileBuffer(handle);

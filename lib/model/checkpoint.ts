@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { errorText } from '../errors.ts';
 import { parseSafetensors, serializeSafetensors, type TensorDict } from './safetensors.ts';
 import type { ParamMap } from './types.ts';
 
@@ -86,7 +87,8 @@ async function readConfig(dir: string): Promise<Record<string, unknown>> {
   return readJson(file);
 }
 
-async function readJson(file: string): Promise<Record<string, unknown>> {
+/** A JSON object file (config.json, an index, pooler_config.json); an error names the file. */
+export async function readJson(file: string): Promise<Record<string, unknown>> {
   let text: string;
   try {
     text = await readFile(file, 'utf8');
@@ -98,7 +100,7 @@ async function readJson(file: string): Promise<Record<string, unknown>> {
     if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new Error('not an object');
     return value;
   } catch (e) {
-    throw new Error(`${file}: not a JSON object (${(e as Error).message}); re-save the model with save_pretrained or saveModelDir`);
+    throw new Error(`${file}: not a JSON object (${errorText(e)}); re-save the model with save_pretrained or saveModelDir`);
   }
 }
 

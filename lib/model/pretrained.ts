@@ -7,10 +7,11 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { explicitFlags, type Args } from '../args.ts';
 import type { ExampleOptions } from '../data/load.ts';
+import { errorText } from '../errors.ts';
 import { loadTokenizer, type Tokenizer } from '../tokenizer.ts';
 import { foldIn, keyFromSeed } from '../random.ts';
 import { bertConfigFromJson, type BertConfig } from './bert.ts';
-import { loadModelDir, type PoolerConfig } from './checkpoint.ts';
+import { loadModelDir, readJson, type PoolerConfig } from './checkpoint.ts';
 import { denseBiEncoder, initDenseParams, initPoolerParams, POOLINGS, type DenseOptions, type Pooling } from './dense.ts';
 import { resolveModel } from './hub.ts';
 import type { BiEncoder, ParamMap } from './types.ts';
@@ -29,7 +30,13 @@ export interface ModelRequest {
   configName?: string | null;
   tokenizerName?: string | null;
   cacheDir?: string | null;
-  untied: boolean;
+  /** --untie_encoder; undefined: not given (tied, unless detectUntied finds towers). */
+  untied: boolean | undefined;
+  /**
+   * The directory decides, as Tevatron's DenseModel.load (encoding): `query_model/` + `passage_model/` load
+   * untied, one model tied; an `untied` that says otherwise is a warning.
+   */
+  detectUntied?: boolean;
   /** Add a pooler of this shape when the checkpoint has none (--add_pooler). */
   pooler: { inDim: number; outDim: number } | null;
   /** Flag values; undefined: take the model's saved settings (else Tevatron v1's: cls, no normalize, 1). */
@@ -59,7 +66,7 @@ function readSettings(dir: string): Partial<EncoderSettings> {
   try {
     return JSON.parse(readFileSync(file, 'utf8'));
   } catch (e) {
-    throw new Error(`${file}: not valid JSON (${(e as Error).message}); delete it or fix it`);
+    throw new Error(`${file}: not valid JSON (${errorText(e)}); delete it or fix it`);
   }
 }
 
@@ -85,12 +92,20 @@ export async function loadDenseModel(req: ModelRequest): Promise<LoadedModel> {
   const key = keyFromSeed(req.seed);
 
   const hasWeights = ['model.safetensors', 'model.safetensors.index.json', 'query_model'].some((f) => existsSync(path.join(dir, f)));
+  let untied = req.untied ?? false;
+  if (req.detectUntied && hasWeights) {
+    const towers = existsSync(path.join(dir, 'query_model'));
+    if (req.untied !== undefined && req.untied !== towers) {
+      notes.push(`warning: --untie_encoder ${req.untied} ignored: ${dir} holds ${towers ? 'an untied model (query_model/, passage_model/)' : 'one encoder for queries and passages'}, used as saved`);
+    }
+    untied = towers;
+  }
   let rawConfig: Record<string, unknown>;
   let params: ParamMap;
   let poolerConfig: PoolerConfig | undefined;
   if (hasWeights) {
-    const ckpt = await loadModelDir(dir, { untied: req.untied });
-    rawConfig = configDir ? JSON.parse(readFileSync(path.join(configDir, 'config.json'), 'utf8')) : ckpt.config;
+    const ckpt = await loadModelDir(dir, { untied });
+    rawConfig = configDir ? await readJson(path.join(configDir, 'config.json')) : ckpt.config;
     params = ckpt.params;
     if (ckpt.pooler) {
       Object.assign(params, ckpt.pooler.params);
@@ -99,7 +114,7 @@ export async function loadDenseModel(req: ModelRequest): Promise<LoadedModel> {
   } else {
     const file = path.join(configDir ?? dir, 'config.json');
     if (!existsSync(file)) throw new Error(`${dir}: has no weights and no config.json; pass a model directory or hub id (or --config_name to start from a config)`);
-    rawConfig = JSON.parse(readFileSync(file, 'utf8'));
+    rawConfig = await readJson(file);
     notes.push(`${dir} has no weights: initialising the model randomly (seed ${req.seed})`);
     params = {};
   }
@@ -109,11 +124,11 @@ export async function loadDenseModel(req: ModelRequest): Promise<LoadedModel> {
   }
   const pooler = poolerConfig ? { inDim: poolerConfig.input_dim, outDim: poolerConfig.output_dim } : req.pooler;
   if (poolerConfig && poolerConfig.normalize && req.settings.normalize === undefined) settings.normalize = true;
-  const options: DenseOptions = { untied: req.untied, pooling: settings.pooling, pooler, normalize: settings.normalize };
+  const options: DenseOptions = { untied, pooling: settings.pooling, pooler, normalize: settings.normalize };
   if (!hasWeights) params = initDenseParams(config, options, key);
   else if (pooler && !poolerConfig) {
     notes.push(`no pooler in ${dir}: training one from scratch (${pooler.inDim} -> ${pooler.outDim})`);
-    Object.assign(params, initPoolerParams(pooler, foldIn(key, 1), req.untied));
+    Object.assign(params, initPoolerParams(pooler, foldIn(key, 1), untied));
   }
   return { dir, config, rawConfig, params, model: denseBiEncoder(config, options), options, settings, tokenizer, notes, fromScratch: !hasWeights };
 }
@@ -130,7 +145,7 @@ export function modelRequestFromArgs(a: Args): ModelRequest {
     configName: a.config_name as string | null,
     tokenizerName: a.tokenizer_name as string | null,
     cacheDir: a.cache_dir as string | null,
-    untied: a.untie_encoder as boolean,
+    untied: given.has('untie_encoder') ? (a.untie_encoder as boolean) : undefined,
     pooler: a.add_pooler ? { inDim: a.projection_in_dim as number, outDim: a.projection_out_dim as number } : null,
     settings,
     seed: (a.seed as number | undefined) ?? 42,

@@ -74,10 +74,13 @@ export function parseSafetensorsHeader(headerBytes: Uint8Array, bodyBytes: numbe
     throw invalid(source, 'its header is not JSON');
   }
   if (typeof header !== 'object' || header === null || Array.isArray(header)) throw invalid(source, 'its header is not a JSON object');
-  const entries: Record<string, HeaderEntry> = {};
+  const entries: Record<string, HeaderEntry> = Object.create(null); // a tensor named __proto__ stays a tensor
   let metadata: Record<string, string> = {};
   for (const [name, entry] of Object.entries(header as Record<string, unknown>)) {
     if (name === '__metadata__') {
+      if (typeof entry !== 'object' || entry === null || Array.isArray(entry) || !Object.values(entry).every((v) => typeof v === 'string')) {
+        throw invalid(source, '__metadata__ is not an object of strings');
+      }
       metadata = entry as Record<string, string>;
       continue;
     }
@@ -106,7 +109,7 @@ export function parseSafetensors(bytes: Uint8Array, source = 'safetensors data')
   const headerLen = headerLength(bytes, bytes.byteLength, source);
   const body = bytes.subarray(8 + headerLen);
   const { entries, metadata } = parseSafetensorsHeader(bytes.subarray(8, 8 + headerLen), body.byteLength, source);
-  const tensors: TensorDict = {};
+  const tensors: TensorDict = Object.create(null); // a tensor named __proto__ stays a tensor
   const skipped: string[] = [];
   for (const [name, { dtype, shape, data_offsets: [start, end] }] of Object.entries(entries)) {
     if (!FLOAT_BYTES[dtype]) {
@@ -115,7 +118,7 @@ export function parseSafetensors(bytes: Uint8Array, source = 'safetensors data')
     }
     tensors[name] = { shape, data: decodeFloats(dtype, body.subarray(start, end), shape.reduce((a, b) => a * b, 1)) };
   }
-  return { tensors, skipped, metadata };
+  return { tensors: { ...tensors }, skipped, metadata };
 }
 
 /** A header's bytes: JSON padded with spaces to a multiple of 8 (data stays 8-byte aligned), and to at least `minBytes`. */
