@@ -29,6 +29,9 @@ export interface Line {
   text: string;
   /** 1-based; every line of the file counts, empty ones included. */
   line: number;
+  /** blockLines: the text's bytes within its block, [start, end) (newline, CR and byte order mark excluded). */
+  start?: number;
+  end?: number;
 }
 
 export interface Row {
@@ -95,9 +98,8 @@ export function* blockLines(block: Pick<LineBlock, 'bytes' | 'firstLine'>): Gene
     const nl = bytes.indexOf(NEWLINE, start);
     const end = nl < 0 ? bytes.length : nl;
     const stop = end > start && bytes[end - 1] === 0x0d ? end - 1 : end;
-    let text = bytes.toString('utf8', start, stop);
-    if (line === 1 && text.charCodeAt(0) === 0xfeff) text = text.slice(1);
-    yield { text, line };
+    const bom = line === 1 && bytes[start] === 0xef && bytes[start + 1] === 0xbb && bytes[start + 2] === 0xbf ? 3 : 0;
+    yield { text: bytes.toString('utf8', start + bom, stop), line, start: start + bom, end: stop };
     start = end + 1;
   }
 }
