@@ -66,7 +66,8 @@ function expected(seed: number, nSample: number, keep: boolean): string[] {
   const draw = (ids: string[]) => rng.sample(ids, Math.min(nSample, ids.length)).map(passage);
   const d1 = draw(candidates.q1);
   const d2 = draw(candidates.q2);
-  const own = (q: typeof q1, drawn: { docid: string }[]) => (keep ? q.negative_passages.filter((p) => !drawn.some((d) => d.docid === p.docid)) : []);
+  type Row = { negative_passages: { docid: string }[] };
+  const own = (q: Row, drawn: { docid: string }[]) => (keep ? q.negative_passages.filter((p) => !drawn.some((d) => d.docid === p.docid)) : []);
   const out = [
     { ...q1, negative_passages: [...d1, ...own(q1, d1)] },
     { ...q2, negative_passages: [...d2, ...own(q2, d2)] },
@@ -110,7 +111,8 @@ test('a TREC ranking, and a gzipped or JSON-array corpus (read back from a spill
   const array = path.join(dir, 'corpus.json');
   writeFileSync(array, JSON.stringify(corpusRows));
   const want = expected(7, 2, false);
-  for (const [name, o] of [['trec', { ranking: trec }], ['gz', { corpus: [gz] }], ['array', { corpus: [array] }], ['two files', { corpus: [file('c1.jsonl', corpusRows.slice(0, 5)), gz] }]] as const) {
+  const cases: [string, Partial<MineOptions>][] = [['trec', { ranking: trec }], ['gz', { corpus: [gz] }], ['array', { corpus: [array] }], ['two files', { corpus: [file('c1.jsonl', corpusRows.slice(0, 5)), gz] }]];
+  for (const [name, o] of cases) {
     await mineHardNegatives(options({ ...o, saveTo: path.join(dir, `${name}.jsonl`) }));
     assert.equal(rows(path.join(dir, `${name}.jsonl`)), want, name);
   }
