@@ -5,10 +5,11 @@
 // pass 0 maps the training file's question ids to indices, pass 1 turns the ranking into typed arrays of
 // passage indices, pass 2 finds each needed passage's bytes (in the corpus file itself, or in a spill file
 // for gzipped, parquet or JSON-array corpora), pass 3 streams the training file into the output row by row.
-import { closeSync, openSync, readSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readSync, renameSync, rmSync } from 'node:fs';
 import { listDataFiles } from './data/load.ts';
 import { PyRandom } from './data/pyrandom.ts';
 import { blockLines, isJsonArray, isParquet, parseLine, readLineBlocks, readLines, streamRows } from './data/stream.ts';
+import { writeAll } from './encoded.ts';
 import { hasAnswer } from './metrics.ts';
 
 export interface MineOptions {
@@ -188,7 +189,7 @@ async function locatePassages(files: string[], docs: Map<string | number, number
   let spillBuffer: Buffer[] = [];
   let spillBuffered = 0;
   const flush = () => {
-    for (const b of spillBuffer) for (let at = 0; at < b.length; ) at += writeSync(fds[spill], b, at);
+    writeAll(fds[spill], Buffer.concat(spillBuffer), null, spillPath);
     [spillBuffer, spillBuffered] = [[], 0];
   };
   let located = 0;
@@ -280,12 +281,7 @@ function lineWriter(path: string) {
   let parts: string[] = [];
   let size = 0;
   const flush = () => {
-    const bytes = Buffer.from(parts.join(''));
-    try {
-      for (let at = 0; at < bytes.length; ) at += writeSync(fd, bytes, at);
-    } catch (e) {
-      throw new Error(`--save_to ${path}: cannot write (${(e as Error).message}); check the free space on its disk`);
-    }
+    writeAll(fd, Buffer.from(parts.join('')), null, path);
     [parts, size] = [[], 0];
   };
   return {
@@ -305,7 +301,7 @@ function lineWriter(path: string) {
   };
 }
 
-/** The docids of a row's passage list (`field`), each required when `required`. */
+/** A row's passage list (`field`; absent: empty), each with a docid when `required`. */
 function passageList(r: Record<string, unknown>, field: string, where: string, required: boolean): Record<string, unknown>[] {
   const v = r[field] ?? [];
   if (!Array.isArray(v)) throw new Error(`${where}: "${field}" must be a list of {docid, title, text} objects`);
