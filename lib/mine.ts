@@ -131,7 +131,7 @@ async function readRanking(file: string, questions: Map<string, number>, rows: n
     if (f.length === 3) [qid, docid, key] = [f[0], f[1], -Number(f[2])];
     else if (f.length === 6) [qid, docid, key] = [f[0], f[2], Number(f[3])];
     else throw new Error(`${at}: expected 'qid docid score' or TREC 'qid Q0 docid rank score tag', got ${f.length} fields`);
-    if (f[f.length === 3 ? 2 : 3] === '' || !Number.isFinite(key)) throw new Error(`${at}: '${f[f.length === 3 ? 2 : 3]}' is not a number`);
+    if (!Number.isFinite(key)) throw new Error(`${at}: '${f[f.length === 3 ? 2 : 3]}' is not a number`);
     const q = questions.get(qid);
     if (q === undefined) throw new Error(`${at}: query '${qid}' is not in --train_file ${o.trainFile}; mine with the ranking of that file's own questions`);
     if (q !== current) {
