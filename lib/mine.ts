@@ -8,7 +8,7 @@
 import { closeSync, openSync, readSync, renameSync, rmSync } from 'node:fs';
 import { listDataFiles } from './data/load.ts';
 import { PyRandom } from './data/pyrandom.ts';
-import { blockLines, isJsonArray, isParquet, parseLine, readLineBlocks, readLines, streamRows } from './data/stream.ts';
+import { blockLineRanges, isJsonArray, isParquet, parseLine, readLineBlocks, readLines, streamRows } from './data/stream.ts';
 import { writeAll } from './encoded.ts';
 import { hasAnswer } from './metrics.ts';
 
@@ -216,10 +216,10 @@ async function locatePassages(files: string[], docs: Map<string | number, number
         const src = fds.length - 1;
         let blockStart = 0;
         for await (const block of readLineBlocks(file)) {
-          for (const l of blockLines(block)) {
+          for (const l of blockLineRanges(block)) {
             if (l.text.trim() === '') continue;
             const { docid } = passageOf(parseLine(file, l).row, `${file}:${l.line}`);
-            locate(docid, src, blockStart + l.start!, l.end! - l.start!);
+            locate(docid, src, blockStart + l.start, l.end - l.start);
           }
           blockStart += block.bytes.length;
         }

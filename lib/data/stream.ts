@@ -29,9 +29,12 @@ export interface Line {
   text: string;
   /** 1-based; every line of the file counts, empty ones included. */
   line: number;
-  /** blockLines: the text's bytes within its block, [start, end) (newline, CR and byte order mark excluded). */
-  start?: number;
-  end?: number;
+}
+
+/** A line of a block and where its text's bytes lie in the block, [start, end) (newline, CR and byte order mark excluded). */
+export interface LineRange extends Line {
+  start: number;
+  end: number;
 }
 
 export interface Row {
@@ -92,6 +95,11 @@ export async function* readLineBlocks(file: string, o: StreamOptions = {}): Asyn
 
 /** The lines of a block, decoded (a trailing CR dropped, a UTF-8 byte order mark at the file's start dropped). */
 export function* blockLines(block: Pick<LineBlock, 'bytes' | 'firstLine'>): Generator<Line> {
+  for (const { text, line } of blockLineRanges(block)) yield { text, line };
+}
+
+/** blockLines with each line's byte range in the block: where to read it again in the file. */
+export function* blockLineRanges(block: Pick<LineBlock, 'bytes' | 'firstLine'>): Generator<LineRange> {
   const { bytes } = block;
   let line = block.firstLine;
   for (let start = 0; start < bytes.length; line++) {
