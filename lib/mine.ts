@@ -390,11 +390,11 @@ export async function mineHardNegatives(o: MineOptions): Promise<MineSummary> {
 }
 
 /** The one line a mining run ends with: what was written and the counts that say what mining removed. */
-export function mineSummaryLine(s: MineSummary, saveTo: string): string {
+export function mineSummaryLine(s: MineSummary, o: Pick<MineOptions, 'saveTo' | 'skipTop' | 'depth'>): string {
   const pct = (a: number, b: number) => `${b > 0 ? ((100 * a) / b).toFixed(1) : '0.0'}%`;
   return [
-    `mined ${plural(s.mined, 'negative')} for ${s.written} of ${plural(s.questions, 'question')} into ${saveTo} (${(s.mined / Math.max(1, s.written)).toFixed(1)} per question; ${s.short} had fewer candidates than --n_sample)`,
-    `of ${plural(s.hits, 'ranked hit')} in the window, ${s.positives} were positives and ${s.answers} (${pct(s.answers, s.hits)}) contained an answer (has_answer: false negatives), all excluded`,
+    `mined ${plural(s.mined, 'negative')} for ${s.written} of ${plural(s.questions, 'question')} into ${o.saveTo} (${(s.mined / Math.max(1, s.written)).toFixed(1)} per question; ${s.short} had fewer candidates than --n_sample)`,
+    `of ${plural(s.hits, 'hit')} at ranks ${o.skipTop + 1}-${o.depth}, ${s.positives} were positives and ${s.answers} (${pct(s.answers, s.hits)}) contained an answer (has_answer: false negatives), all excluded`,
     `${s.overlap} mined negatives (${pct(s.overlap, s.mined)}) were already the file's own negatives`,
     ...(s.kept > 0 ? [`${s.kept} of the file's own negatives appended`] : []),
     `${plural(s.dropped, 'question')} dropped without negatives; ${s.unranked} not in the ranking`,

@@ -5,7 +5,7 @@ import { mineHardNegatives, mineSummaryLine } from '../lib/mine.ts';
 
 await runScript('mine', async () => {
   const a = scriptArgs('mine');
-  const summary = await mineHardNegatives({
+  const o = {
     trainFile: a.train_file as string,
     ranking: a.ranking as string,
     corpus: a.corpus as string[],
@@ -15,7 +15,7 @@ await runScript('mine', async () => {
     nSample: a.n_sample as number,
     seed: a.seed as number,
     keepNegatives: a.keep_negatives as boolean,
-    log: (line) => console.error(`mine: ${line}`),
-  });
-  console.log(mineSummaryLine(summary, a.save_to as string));
+    log: (line: string) => console.error(`mine: ${line}`),
+  };
+  console.log(mineSummaryLine(await mineHardNegatives(o), o));
 });

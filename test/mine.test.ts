@@ -146,7 +146,7 @@ test('mine.ts prints the summary line; train.ts trains on its output unchanged',
   const r = run('mine.ts', ['--train_file', train, '--ranking', ranking, '--corpus', corpus, '--save_to', out, '--depth', '6', '--skip_top', '1', '--n_sample', '2', '--seed', '7']);
   assert.is(r.status, 0, r.stderr);
   assert.equal(rows(out), expected(7, 2, false));
-  assert.match(r.stdout, /^mined 4 negatives for 2 of 4 questions into .*script\.jsonl \(2\.0 per question; 2 had fewer candidates than --n_sample\); of 10 ranked hits in the window, 2 were positives and 3 \(30\.0%\) contained an answer \(has_answer: false negatives\), all excluded; [01] mined negatives \(\d+\.\d%\) were already the file's own negatives; 2 questions dropped without negatives; 1 not in the ranking\n$/);
+  assert.match(r.stdout, /^mined 4 negatives for 2 of 4 questions into .*script\.jsonl \(2\.0 per question; 2 had fewer candidates than --n_sample\); of 10 hits at ranks 2-6, 2 were positives and 3 \(30\.0%\) contained an answer \(has_answer: false negatives\), all excluded; [01] mined negatives \(\d+\.\d%\) were already the file's own negatives; 2 questions dropped without negatives; 1 not in the ranking\n$/);
   const model = path.join(dir, 'model');
   const t = run('train.ts', ['--output_dir', model, '--model_name_or_path', path.join(root, 'test/fixtures/tiny-bert'), '--train_dir', out,
     '--per_device_train_batch_size', '2', '--train_n_passages', '3', '--q_max_len', '8', '--p_max_len', '12', '--max_steps', '2', '--report_to', 'none']);
