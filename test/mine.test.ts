@@ -2,7 +2,7 @@
 // is worked out by hand below; the draw order is random.Random(seed).sample's (PyRandom.sample, checked
 // against CPython in sample.test.ts).
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -169,4 +169,5 @@ test('mine.ts: bad flags and bad input are one line on stderr, exit code 1', () 
   }
 });
 
+test.after(() => rmSync(dir, { recursive: true, force: true }));
 test.run();
