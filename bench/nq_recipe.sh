@@ -8,7 +8,7 @@
 # Usage: bash bench/nq_recipe.sh [OUT_DIR] [extra train.ts flags for both rounds...]
 # Environment:
 #   ROUNDS=1|2                        default 2
-#   ROUND2_FROM=init|round1           round two starts from the initial model (default, as DPR and Tevatron do)
+#   ROUND2_FROM=init|round1           round two starts from the initial model (default, as Tevatron's coCondenser NQ recipe)
 #                                     or continues from the round-one model
 #   ROUND2_NEGATIVES=mined|mined+bm25 round two's negatives: the mined ones (default), or the mined ones and
 #                                     the file's BM25 ones (mine.ts --keep_negatives)
