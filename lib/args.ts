@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { errorText } from './errors.ts';
 
-export type Script = 'train' | 'encode' | 'search' | 'evaluate' | 'push_to_hub';
+export type Script = 'train' | 'encode' | 'search' | 'evaluate' | 'mine' | 'push_to_hub';
 type Kind = 'string' | 'int' | 'float' | 'bool' | 'list' | 'optional';
 
 interface Flag {
@@ -24,6 +24,7 @@ const TE: Script[] = ['train', 'encode'];
 const S: Script[] = ['search'];
 const V: Script[] = ['evaluate'];
 const TP: Script[] = ['train', 'push_to_hub'];
+const MN: Script[] = ['mine'];
 
 /** Every flag. Defaults are Tevatron v1's, and Hugging Face's (transformers 4.x) for TrainingArguments. */
 export const FLAGS: readonly Flag[] = [
@@ -80,7 +81,7 @@ export const FLAGS: readonly Flag[] = [
   { name: 'logging_steps', kind: 'int', default: 500, help: 'log every N steps', scripts: T, group: 'training' },
   { name: 'save_steps', kind: 'int', default: 500, help: 'checkpoint every N steps', scripts: T, group: 'training' },
   { name: 'save_total_limit', kind: 'int', default: null, help: 'keep at most N checkpoints', scripts: T, group: 'training' },
-  { name: 'seed', kind: 'int', default: 42, help: 'random seed', scripts: T, group: 'training' },
+  { name: 'seed', kind: 'int', default: 42, help: 'random seed', scripts: ['train', 'mine'], group: 'training' },
   { name: 'gradient_accumulation_steps', kind: 'int', default: 1, help: 'micro-batches per optimizer step', scripts: T, group: 'training' },
   { name: 'fp16', kind: 'bool', default: false, help: 'accepted; tfjs has no float16, so training stays in float32 (a warning says so)', scripts: TE, group: 'training' },
   { name: 'dataloader_num_workers', kind: 'int', default: 0, help: 'accepted for compatibility', scripts: TE, group: 'training' },
@@ -110,6 +111,15 @@ export const FLAGS: readonly Flag[] = [
   { name: 'queries', kind: 'string', default: null, help: 'queries with answers ({query_id, answers}) for DPR top-k accuracy', scripts: V, group: 'data' },
   { name: 'corpus', kind: 'string', default: null, help: 'passages ({docid, text}) for DPR top-k accuracy', scripts: V, group: 'data' },
   { name: 'save_json', kind: 'string', default: null, help: 'also write the metrics as JSON here', scripts: V, group: 'data' },
+  // mine (Tevatron's build_train_hn)
+  { name: 'train_file', kind: 'string', default: null, help: 'the training file (or directory) whose questions were searched: rows {query_id, query, answers?, positive_passages, negative_passages}', scripts: MN, group: 'data' },
+  { name: 'ranking', kind: 'string', default: null, help: "search.ts's ranking of those questions (text qid docid score, best first, or TREC)", scripts: MN, group: 'data' },
+  { name: 'corpus', kind: 'list', default: null, help: 'the passages {docid, title?, text} that were encoded and searched', scripts: MN, group: 'data' },
+  { name: 'save_to', kind: 'string', default: null, help: 'the new training file (JSON Lines, same rows with mined negative_passages)', scripts: MN, group: 'data' },
+  { name: 'depth', kind: 'int', default: 100, help: 'negatives come from the top this many hits', scripts: MN, group: 'data' },
+  { name: 'skip_top', kind: 'int', default: 0, help: 'hits skipped at the top of each ranking before sampling', scripts: MN, group: 'data' },
+  { name: 'n_sample', kind: 'int', default: 30, help: 'negatives drawn per question (all candidates when fewer)', scripts: MN, group: 'data' },
+  { name: 'keep_negatives', kind: 'bool', default: false, help: "append the file's own negatives after the mined ones instead of replacing them", scripts: MN, group: 'data' },
   // evaluation during training
   { name: 'eval_queries', kind: 'string', default: null, help: 'held-out queries {query_id, query[, answers]} to evaluate during training', scripts: T, group: 'tevatron-ts' },
   { name: 'eval_corpus', kind: 'string', default: null, help: 'the passages {docid, title?, text} to retrieve from during evaluation', scripts: T, group: 'tevatron-ts' },
@@ -146,9 +156,9 @@ function flagsOf(script: Script): Flag[] {
 function unknownFlag(name: string, script: Script): Error {
   const known = flagsOf(script).map((f) => f.name);
   const near = known.map((k) => [editDistance(name, k), k] as const).sort((a, b) => a[0] - b[0])[0];
-  const elsewhere = FLAGS.find((f) => f.name === name);
-  const hint = elsewhere
-    ? `; it belongs to ${elsewhere.scripts.join('/')}.ts`
+  const elsewhere = FLAGS.filter((f) => f.name === name).flatMap((f) => f.scripts);
+  const hint = elsewhere.length
+    ? `; it belongs to ${elsewhere.join('/')}.ts`
     : near && near[0] <= Math.max(2, name.length / 4)
       ? `; did you mean --${near[1]}?`
       : '';
@@ -263,6 +273,16 @@ function validate(a: Args, script: Script): Args {
     need('run', 'the ranking to evaluate');
     if (a.qrels === null && a.queries === null) throw new Error('pass --qrels (relevance judgements) and/or --queries with --corpus (answer strings)');
     if ((a.queries === null) !== (a.corpus === null)) throw new Error('--queries and --corpus go together: answers are matched in the passages\' text');
+    return a;
+  }
+  if (script === 'mine') {
+    need('train_file', 'the training file whose questions were searched');
+    need('ranking', 'the ranking of those questions (search.ts --save_ranking_to)');
+    need('corpus', 'the passages that were searched');
+    need('save_to', 'where the new training file goes');
+    positive('depth');
+    positive('n_sample');
+    if (!((a.skip_top as number) >= 0 && (a.skip_top as number) < (a.depth as number))) throw new Error(`--skip_top must be >= 0 and below --depth ${a.depth}, got ${a.skip_top}`);
     return a;
   }
   if (script === 'push_to_hub') {

@@ -82,6 +82,22 @@ export async function* shardOf<T>(rows: Iterable<T> | AsyncIterable<T>, num: num
   for await (const r of rows) if (i++ % num === index) yield r;
 }
 
+/**
+ * The shard one of W processes encodes (launch.ts, torchrun: one per GPU): the flags' shard `index` of
+ * `num` split W ways, rank r taking shard index + num·r of num·W. Without the flags (1 of 1) that is shard
+ * r of W; together the ranks cover the flags' shard exactly once, since row i of it has i % (num·W) equal
+ * to index + num·r for exactly one r.
+ */
+export function rankShard(num: number, index: number, rank: number, world: number): { num: number; index: number } {
+  return { num: num * world, index: index + num * rank };
+}
+
+/** Where rank r of W > 1 writes: `out.safetensors` -> `out.r.safetensors`, any other name gets `.r` appended. */
+export function rankPath(path: string, rank: number, world: number): string {
+  if (world === 1) return path;
+  return path.endsWith('.safetensors') ? `${path.slice(0, -'.safetensors'.length)}.${rank}.safetensors` : `${path}.${rank}`;
+}
+
 /** Scores [Q, P] = Q·Pᵀ of row-major representations. */
 export function innerProducts(q: Float32Array, p: Float32Array, dim: number): Float32Array {
   const scores = tf.tidy(() => tf.matMul(tf.tensor2d(q, [q.length / dim, dim]), tf.transpose(tf.tensor2d(p, [p.length / dim, dim]))));

@@ -206,7 +206,8 @@ export interface EncodedWriter {
   abort(): void;
 }
 
-function writeAll(fd: number, bytes: Uint8Array, position: number | null, path: string): void {
+/** Writes all of `bytes` (at `position`, or where the file is); a failure names the file and the likely cause. */
+export function writeAll(fd: number, bytes: Uint8Array, position: number | null, path: string): void {
   try {
     for (let at = 0; at < bytes.byteLength; ) at += writeSync(fd, bytes, at, bytes.byteLength - at, position === null ? null : position + at);
   } catch (e) {

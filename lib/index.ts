@@ -18,7 +18,8 @@ export { trainStep, type TrainState, type TrainConfig, type StepMetrics } from '
 export { epochBatches, stepsPerEpoch, type EpochOptions } from './data/sampler.ts';
 export { syntheticTask, type SyntheticTask, type SyntheticOptions } from './data/synthetic.ts';
 export { recallAtK } from './metrics.ts';
-export { encodeSequences, innerProducts } from './encode.ts';
+export { encodeSequences, innerProducts, rankShard, rankPath } from './encode.ts';
+export { mineHardNegatives, mineSummaryLine, type MineOptions, type MineSummary } from './mine.ts';
 export { parseSafetensors, serializeSafetensors, type TensorDict, type NamedArray } from './model/safetensors.ts';
 export { loadTokenizer, saveTokenizer, WordPieceTokenizer, JsonTokenizer, parseVocab, wordPieceOptionsFromConfig, type Tokenizer, type WordPieceOptions, type SpecialTokenIds } from './tokenizer.ts';
 export { loadModelDir, saveModelDir, QUERY_PREFIX, PASSAGE_PREFIX, type LoadedCheckpoint, type SavableCheckpoint, type PoolerConfig, type Pooler } from './model/checkpoint.ts';

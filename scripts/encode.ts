@@ -1,7 +1,8 @@
 // Tevatron's encode driver: representations of queries (--encode_is_qry) or passages with a trained
 // model, written as a safetensors file (`embeddings` [N, d]) plus PATH.ids, one id per line. The input is
 // streamed: only this shard's rows are tokenized, and rows are written batch by batch as they are encoded.
-import { encodeToFile, shardOf } from '../lib/encode.ts';
+// Under launch.ts (torchrun, SLURM, mpirun) each of the W processes encodes its own part, to its own file.
+import { encodeToFile, rankPath, rankShard, shardOf } from '../lib/encode.ts';
 import { initBackend, type BackendChoice } from '../lib/backend.ts';
 import { runScript, scriptArgs } from '../lib/cli.ts';
 import { toEncodeItem } from '../lib/data/load.ts';
@@ -11,7 +12,7 @@ import { exampleOptionsFromArgs, loadDenseModel, modelRequestFromArgs } from '..
 
 await runScript('encode', async () => {
   const a = scriptArgs('encode');
-  rankFromEnv(process.env, a.local_rank as number); // --local_rank from torch.distributed.launch must agree with LOCAL_RANK
+  const { rank, worldSize, source } = rankFromEnv(process.env, a.local_rank as number); // --local_rank must agree with LOCAL_RANK
   const backend = await initBackend(a.backend as BackendChoice);
   const loaded = await loadDenseModel({ ...modelRequestFromArgs(a), detectUntied: true });
   loaded.notes.forEach((n) => console.error(n));
@@ -19,8 +20,9 @@ await runScript('encode', async () => {
   const tok = loaded.tokenizer;
   const isQuery = a.encode_is_qry as boolean;
   const opts = exampleOptionsFromArgs(tok, a);
-  const shards = a.encode_num_shard as number;
-  const index = a.encode_shard_index as number;
+  const { num: shards, index } = rankShard(a.encode_num_shard as number, a.encode_shard_index as number, rank, worldSize);
+  const savePath = rankPath(a.encoded_save_path as string, rank, worldSize);
+  if (worldSize > 1) console.error(`encode: rank ${rank} of ${worldSize} (${source} variables): shard ${index} of ${shards} to ${savePath}`);
   const rows = async function* () {
     for (const f of a.encode_in_path as string[]) yield* streamRows(f);
   };
@@ -42,7 +44,7 @@ await runScript('encode', async () => {
   const started = performance.now();
   const encoder = isQuery ? loaded.model.encodeQuery : loaded.model.encodePassage;
   const tty = process.stderr.isTTY;
-  const { rows: count } = await encodeToFile(encoder, loaded.params, items, a.encoded_save_path as string, {
+  const { rows: count } = await encodeToFile(encoder, loaded.params, items, savePath, {
     maxLen: isQuery ? (a.q_max_len as number) : (a.p_max_len as number),
     special: tok.special,
     batchSize: a.per_device_eval_batch_size as number,
@@ -51,5 +53,5 @@ await runScript('encode', async () => {
   if (tty) process.stderr.write('\n');
   if (repeated) console.error(`warning: ${repeated} row(s) repeat an id listed before (e.g. ${example}); search lists each docid once, with its best score, and evaluation counts it once`);
   const seconds = (performance.now() - started) / 1000;
-  console.log(`encoded ${count} ${isQuery ? 'queries' : 'passages'} (shard ${index + 1}/${shards}) on ${backend} in ${seconds.toFixed(1)} s (${(count / seconds).toFixed(0)}/s) to ${a.encoded_save_path}`);
+  console.log(`encoded ${count} ${isQuery ? 'queries' : 'passages'} (shard ${index + 1}/${shards}) on ${backend} in ${seconds.toFixed(1)} s (${(count / seconds).toFixed(0)}/s) to ${savePath}`);
 });

@@ -7,8 +7,10 @@ import { readEncoded, searchFiles, writeRanking } from '../lib/search.ts';
 await runScript('search', async () => {
   const a = scriptArgs('search');
   await initBackend(a.backend as 'auto');
-  // a pattern such as 'emb/corpus.*' also matches each shard's ids file (PATH.ids), which is read with its shard
-  const shards = (await Promise.all((a.passage_reps as string[]).map(expandGlob))).flat().filter((f, _, all) => !(f.endsWith('.ids') && all.includes(f.slice(0, -4))));
+  const matches = (await Promise.all((a.passage_reps as string[]).map(expandGlob))).flat();
+  // a glob such as 'emb/corpus.*' also matches each shard's PATH.ids
+  const names = new Set(matches);
+  const shards = matches.filter((f) => !(f.endsWith('.ids') && names.has(f.slice(0, -'.ids'.length))));
   if (shards.length === 0) throw new Error(`--passage_reps ${(a.passage_reps as string[]).join(' ')}: matches no file`);
   const queries = readEncoded(a.query_reps as string);
   const started = performance.now();

@@ -54,6 +54,17 @@ test('unknown flags, bad values and impossible combinations are one clear error'
   assert.throws(() => parseArgs(['--model_name_or_path', 'm', '--encode_in_path', 'a', '--encoded_save_path', 'x', '--encode_num_shard', '2', '--encode_shard_index', '2'], 'encode'), /in \[0, 2\)/);
 });
 
+test("mine's flags: build_train_hn's depth and n_sample for NQ (100, 30), Hugging Face's seed; search keeps its own depth", () => {
+  const m = ['--train_file', 't.jsonl', '--ranking', 'r.txt', '--corpus', 'a.jsonl', 'b.jsonl.gz', '--save_to', 'o.jsonl'];
+  const a = parseArgs(m, 'mine');
+  assert.equal([a.depth, a.skip_top, a.n_sample, a.seed, a.keep_negatives, a.corpus], [100, 0, 30, 42, false, ['a.jsonl', 'b.jsonl.gz']]);
+  assert.is(parseArgs(['--query_reps', 'q', '--passage_reps', 'p', '--save_ranking_to', 'r'], 'search').depth, 1000);
+  assert.throws(() => parseArgs([...m, '--skip_top', '100'], 'mine'), /--skip_top must be >= 0 and below --depth 100, got 100/);
+  assert.throws(() => parseArgs([...m, '--n_sample', '0'], 'mine'), /--n_sample must be > 0/);
+  assert.throws(() => parseArgs(m.slice(2), 'mine'), /--train_file is required/);
+  assert.throws(() => parseArgs([...base, '--corpus', 'c'], 'train'), /belongs to evaluate\/mine\.ts/);
+});
+
 test('--local_rank in every form torch.distributed.launch passes it, for train and encode; --ddp_timeout must be > 0', () => {
   const enc = ['--model_name_or_path', 'm', '--encode_in_path', 'a.jsonl', '--encoded_save_path', 'x'];
   assert.is(parseArgs(['--local_rank=1', ...base], 'train').local_rank, 1);

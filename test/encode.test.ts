@@ -7,7 +7,7 @@ import path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { PyRandom } from '../lib/data/pyrandom.ts';
-import { encodeSequences, encodeToFile, shardOf } from '../lib/encode.ts';
+import { encodeSequences, encodeToFile, rankPath, rankShard, shardOf } from '../lib/encode.ts';
 import { readEncoded } from '../lib/encoded.ts';
 import { bagBiEncoder, initBagParams } from '../lib/model/bag.ts';
 import { keyFromSeed } from '../lib/random.ts';
@@ -50,6 +50,24 @@ test("shards are datasets' shard(contiguous=False): row i in shard i % num", asy
     got.push(shard);
   }
   assert.equal(got, [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]);
+});
+
+test('under W processes: rank r takes shard index + num·r of num·W, and the ranks together cover the flags\' shard once; rank paths', async () => {
+  assert.equal([0, 1, 2].map((r) => rankShard(1, 0, r, 3)), [{ num: 3, index: 0 }, { num: 3, index: 1 }, { num: 3, index: 2 }]);
+  assert.equal(rankShard(5, 3, 0, 1), { num: 5, index: 3 }, 'one process: the flags as given');
+  // shard 1 of 2 on 2 processes: rows 1, 5, 9 (rank 0) and 3, 7 (rank 1) of 0..9, i.e. rows 1, 3, 5, 7, 9 together
+  const rows = Array.from({ length: 10 }, (_, i) => i);
+  const parts = [];
+  for (const r of [0, 1]) {
+    const { num, index } = rankShard(2, 1, r, 2);
+    const part = [];
+    for await (const x of shardOf(stream(rows), num, index)) part.push(x);
+    parts.push(part);
+  }
+  assert.equal(parts, [[1, 5, 9], [3, 7]]);
+  assert.is(rankPath('emb/corpus.safetensors', 1, 4), 'emb/corpus.1.safetensors');
+  assert.is(rankPath('emb/corpus.03', 2, 4), 'emb/corpus.03.2');
+  assert.is(rankPath('emb/corpus.safetensors', 0, 1), 'emb/corpus.safetensors', 'one process: the path as given');
 });
 
 test('a failure midway leaves nothing: in the library, and in the script with one line naming file:line', async () => {

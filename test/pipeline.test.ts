@@ -1,4 +1,5 @@
-// encode -> search -> evaluate as a user runs them (child processes), on the tiny-bert fixture.
+// encode (one process, or one per shard under launch.ts) -> search -> evaluate as a user runs them (child
+// processes), on the tiny-bert fixture.
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -43,9 +44,37 @@ test('encode writes what the model computes; shards are strided and together cov
   tf.test_util.expectArraysClose(p1.data, await reps.data(), 1e-5);
 });
 
+test('launch.ts --nproc_per_node 2: each process encodes its shard to its own file, as two shard runs one after the other', () => {
+  const common = ['--model_name_or_path', model, '--p_max_len', '16', '--per_device_eval_batch_size', '4', '--encode_in_path', path.join(dir, 'corpus.jsonl')];
+  const launch = (args: string[]) => {
+    const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(root, 'scripts/launch.ts'), '--nproc_per_node', '2', path.join(root, 'scripts/encode.ts'), ...args], { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`launch failed: ${r.stderr}`);
+  };
+  launch([...common, '--encoded_save_path', path.join(dir, 'par.safetensors')]);
+  for (const s of [0, 1]) {
+    const [par, seq] = [readEncoded(path.join(dir, `par.${s}.safetensors`)), readEncoded(path.join(dir, `p${s}.st`))];
+    assert.equal(par.ids, seq.ids, `rank ${s}: shard ${s} of 2`);
+    tf.test_util.expectArraysClose(par.data, seq.data, 1e-6);
+  }
+  // the flags pick shard 1 of 2, which the two processes split: rows i % 4 == 1 and i % 4 == 3, i.e. p1's even and odd rows
+  launch([...common, '--encode_num_shard', '2', '--encode_shard_index', '1', '--encoded_save_path', path.join(dir, 'half')]);
+  const p1 = readEncoded(path.join(dir, 'p1.st'));
+  for (const r of [0, 1]) {
+    const part = readEncoded(path.join(dir, `half.${r}`));
+    assert.equal(part.ids, corpus.filter((_, i) => i % 4 === 1 + 2 * r).map((c) => c.docid));
+    const rows = p1.ids.flatMap((_, j) => (j % 2 === r ? Array.from(p1.data.subarray(j * p1.dim, (j + 1) * p1.dim)) : []));
+    tf.test_util.expectArraysClose(part.data, rows, 1e-6);
+  }
+});
+
 test('search over the shards and evaluate against qrels and answers', () => {
   const out = run('search.ts', ['--query_reps', path.join(dir, 'q.st'), '--passage_reps', path.join(dir, 'p*.st'), '--depth', '5', '--save_ranking_to', path.join(dir, 'run.txt'), '--save_text']);
   assert.match(out, /searched 5 queries over 2 shard/);
+  // a glob that also matches the shards' .ids files (par.0.safetensors.ids) searches the shards alone
+  const glob = run('search.ts', ['--query_reps', path.join(dir, 'q.st'), '--passage_reps', path.join(dir, 'par.*'), '--depth', '5', '--save_ranking_to', path.join(dir, 'run-par.txt'), '--save_text']);
+  assert.match(glob, /searched 5 queries over 2 shard/);
+  const docids = (f: string) => readFileSync(path.join(dir, f), 'utf8').trim().split('\n').map((l) => l.split('\t').slice(0, 2).join(' '));
+  assert.equal(docids('run-par.txt'), docids('run.txt'));
   const lines = readFileSync(path.join(dir, 'run.txt'), 'utf8').trim().split('\n').map((l) => l.split('\t'));
   assert.is(lines.length, 25);
   for (let q = 0; q < 5; q++) {

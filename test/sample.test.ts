@@ -16,6 +16,14 @@ test('PyRandom reproduces CPython: getrandbits(32), random(), shuffle, for small
   }
 });
 
+test('PyRandom.sample reproduces CPython draw for draw: consecutive calls, both of its paths and their boundaries', () => {
+  for (const { seed, calls } of fixture.samples) {
+    const r = new PyRandom(seed);
+    for (const c of calls) assert.equal(r.sample(Array.from({ length: c.n }, (_, i) => i), c.k), c.result, `seed ${seed}, sample(range(${c.n}), ${c.k})`);
+  }
+  assert.throws(() => new PyRandom(1).sample([1, 2], 3), /k must be in \[0, 2\]/);
+});
+
 test('sampleGroup reproduces Tevatron v1 groups (CPython reference) over seeds, n, epochs and flags', () => {
   const examples: TrainExample[] = fixture.examples;
   for (const c of fixture.cases) {

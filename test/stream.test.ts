@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
-import { openParquet, readLineBlocks, readLines, streamRows, type Line, type StreamOptions } from '../lib/data/stream.ts';
+import { blockLineRanges, openParquet, readLineBlocks, readLines, streamRows, type Line, type StreamOptions } from '../lib/data/stream.ts';
 
 const FIX = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures/hub-dataset');
 let work: string;
@@ -76,6 +76,24 @@ test('blocks hold whole lines and their first line number, and cover the file by
       line += b.lines;
     }
     assert.is(line - 1, 50);
+  }
+});
+
+test("a line's byte range, offset by its block's start, reads its text back from the file (BOM and CR left out)", async () => {
+  const file = write('ranges.txt', Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(TEXT)]));
+  const bytes = readFileSync(file);
+  const want = referenceLines(TEXT);
+  for (const chunkSize of [1, 2, 3, 5, 8, 13, 64]) {
+    const got: Line[] = [];
+    let blockStart = 0;
+    for await (const block of readLineBlocks(file, { chunkSize })) {
+      for (const l of blockLineRanges(block)) {
+        assert.is(bytes.toString('utf8', blockStart + l.start, blockStart + l.end), l.text, `chunkSize ${chunkSize}, line ${l.line}`);
+        got.push({ text: l.text, line: l.line });
+      }
+      blockStart += block.bytes.length;
+    }
+    assert.equal(got, want, `chunkSize ${chunkSize}`);
   }
 });
 

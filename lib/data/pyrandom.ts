@@ -1,6 +1,7 @@
-// Python's `random.Random` (MT19937 with CPython's seeding, getrandbits, shuffle, choices), so that
-// Tevatron's per-example negative permutation `random.Random(item + seed).shuffle(negs)` is reproduced
-// draw for draw and a Tevatron run's groups are ours too.
+// Python's `random.Random` (MT19937 with CPython's seeding, getrandbits, shuffle, choices, sample), so
+// that Tevatron's per-example negative permutation `random.Random(item + seed).shuffle(negs)` is
+// reproduced draw for draw and a Tevatron run's groups are ours too, and a mining run's draws are
+// `random.Random(seed).sample`'s.
 
 const N = 624;
 const M = 397;
@@ -99,6 +100,36 @@ export class PyRandom {
       [x[i], x[j]] = [x[j], x[i]];
     }
     return x;
+  }
+
+  /**
+   * `sample(population, k)`: k distinct elements in selection order. CPython picks from a shrinking pool
+   * when the population is small next to the set it would otherwise keep, else redraws repeats; both
+   * paths are here, as their draws differ.
+   */
+  sample<T>(population: readonly T[], k: number): T[] {
+    const n = population.length;
+    if (!(Number.isInteger(k) && k >= 0 && k <= n)) throw new Error(`sample of ${k} from a population of ${n}: k must be in [0, ${n}]`);
+    let setsize = 21;
+    if (k > 5) setsize += 4 ** Math.ceil(Math.log(k * 3) / Math.log(4));
+    const result: T[] = [];
+    if (n <= setsize) {
+      const pool = [...population];
+      for (let i = 0; i < k; i++) {
+        const j = this.randbelow(n - i);
+        result.push(pool[j]);
+        pool[j] = pool[n - i - 1];
+      }
+    } else {
+      const selected = new Set<number>();
+      for (let i = 0; i < k; i++) {
+        let j = this.randbelow(n);
+        while (selected.has(j)) j = this.randbelow(n);
+        selected.add(j);
+        result.push(population[j]);
+      }
+    }
+    return result;
   }
 
   /** `choices(population, k=k)`: k draws with replacement. */

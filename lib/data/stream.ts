@@ -32,6 +32,12 @@ export interface Line {
   line: number;
 }
 
+/** A line of a block and where its text's bytes lie in the block, [start, end) (newline, CR and byte order mark excluded). */
+export interface LineRange extends Line {
+  start: number;
+  end: number;
+}
+
 export interface Row {
   row: unknown;
   /** `file:line` (JSON Lines), `file: item N` (JSON array), `file: row N` (parquet); N 1-based. */
@@ -90,15 +96,19 @@ export async function* readLineBlocks(file: string, o: StreamOptions = {}): Asyn
 
 /** The lines of a block, decoded (a trailing CR dropped, a UTF-8 byte order mark at the file's start dropped). */
 export function* blockLines(block: Pick<LineBlock, 'bytes' | 'firstLine'>): Generator<Line> {
+  for (const { text, line } of blockLineRanges(block)) yield { text, line };
+}
+
+/** blockLines with each line's byte range in the block: where to read it again in the file. */
+export function* blockLineRanges(block: Pick<LineBlock, 'bytes' | 'firstLine'>): Generator<LineRange> {
   const { bytes } = block;
   let line = block.firstLine;
   for (let start = 0; start < bytes.length; line++) {
     const nl = bytes.indexOf(NEWLINE, start);
     const end = nl < 0 ? bytes.length : nl;
     const stop = end > start && bytes[end - 1] === 0x0d ? end - 1 : end;
-    let text = bytes.toString('utf8', start, stop);
-    if (line === 1 && text.charCodeAt(0) === 0xfeff) text = text.slice(1);
-    yield { text, line };
+    const bom = line === 1 && bytes[start] === 0xef && bytes[start + 1] === 0xbb && bytes[start + 2] === 0xbf ? 3 : 0;
+    yield { text: bytes.toString('utf8', start + bom, stop), line, start: start + bom, end: stop };
     start = end + 1;
   }
 }
