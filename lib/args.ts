@@ -80,7 +80,8 @@ export const FLAGS: readonly Flag[] = [
   { name: 'save_total_limit', kind: 'int', default: null, help: 'keep at most N checkpoints', scripts: T, group: 'training' },
   { name: 'seed', kind: 'int', default: 42, help: 'random seed', scripts: T, group: 'training' },
   { name: 'gradient_accumulation_steps', kind: 'int', default: 1, help: 'micro-batches per optimizer step', scripts: T, group: 'training' },
-  { name: 'fp16', kind: 'bool', default: false, help: 'accepted; tfjs has no float16, so training stays in float32 (a warning says so)', scripts: TE, group: 'training' },
+  { name: 'bf16', kind: 'bool', default: false, help: 'bfloat16 matrix products, float32 weights/optimizer/loss (CPUs with bf16 instructions, GPUs; else float32 with a warning)', scripts: TE, group: 'training' },
+  { name: 'fp16', kind: 'bool', default: false, help: 'float16 matrix products with dynamic loss scaling (GPUs; on a CPU: bfloat16 where it can, else float32, with a warning)', scripts: TE, group: 'training' },
   { name: 'dataloader_num_workers', kind: 'int', default: 0, help: 'accepted for compatibility', scripts: TE, group: 'training' },
   { name: 'resume_from_checkpoint', kind: 'optional', default: null, help: 'a checkpoint directory, or true for the latest in output_dir', scripts: T, group: 'training' },
   // search (Tevatron's faiss_retriever)
@@ -254,6 +255,7 @@ function validate(a: Args, script: Script): Args {
     return a;
   }
   need('model_name_or_path', 'the model to start from (a directory or a hub id such as bert-base-uncased)');
+  if (a.bf16 && a.fp16) throw new Error('--bf16 and --fp16 both given: pick one (--bf16 on CPUs and recent GPUs, --fp16 on GPUs)');
   positive('q_max_len');
   positive('p_max_len');
   if ((a.q_max_len as number) < 3 || (a.p_max_len as number) < 3) throw new Error('--q_max_len and --p_max_len must leave room for [CLS], [SEP] and a token (>= 3)');

@@ -1,16 +1,19 @@
 // Tevatron's encode driver: representations of queries (--encode_is_qry) or passages with a trained
 // model, written as a safetensors file (`embeddings` [N, d]) plus PATH.ids, one id per line.
 import { encodeSequences } from '../lib/encode.ts';
-import { initBackend, type BackendChoice } from '../lib/backend.ts';
+import { backendInfo, initBackend, type BackendChoice } from '../lib/backend.ts';
 import { runScript, scriptArgs } from '../lib/cli.ts';
 import { readRows, toEncodeItem } from '../lib/data/load.ts';
 import { exampleOptionsFromArgs, loadDenseModel, modelRequestFromArgs } from '../lib/model/pretrained.ts';
+import { choosePrecision, precisionEnvironment } from '../lib/precision.ts';
 import { writeEncoded } from '../lib/search.ts';
 
 await runScript('encode', async () => {
   const a = scriptArgs('encode');
   const backend = await initBackend(a.backend as BackendChoice);
-  const loaded = await loadDenseModel(modelRequestFromArgs(a));
+  const precision = choosePrecision({ bf16: a.bf16 as boolean, fp16: a.fp16 as boolean }, precisionEnvironment(backendInfo()));
+  precision.warnings.forEach((w) => console.error(w));
+  const loaded = await loadDenseModel({ ...modelRequestFromArgs(a), precision: precision.precision });
   loaded.notes.forEach((n) => console.error(n));
   if (loaded.notes.some((n) => n.includes('initialising'))) throw new Error(`${loaded.dir} holds no trained weights; encode with a trained model directory`);
   const tok = loaded.tokenizer;
@@ -33,5 +36,5 @@ await runScript('encode', async () => {
   if (tty) process.stderr.write('\n');
   writeEncoded(a.encoded_save_path as string, { ids: items.map((x) => x.id), data, dim });
   const seconds = (performance.now() - started) / 1000;
-  console.log(`encoded ${items.length} ${isQuery ? 'queries' : 'passages'} (shard ${index + 1}/${shards}) on ${backend} in ${seconds.toFixed(1)} s (${(items.length / seconds).toFixed(0)}/s) to ${a.encoded_save_path}`);
+  console.log(`encoded ${items.length} ${isQuery ? 'queries' : 'passages'} (shard ${index + 1}/${shards}) on ${backend}${precision.precision === 'float32' ? '' : ` (${precision.precision} products)`} in ${seconds.toFixed(1)} s (${(items.length / seconds).toFixed(0)}/s) to ${a.encoded_save_path}`);
 });

@@ -18,6 +18,8 @@ import { broadcastParams } from '../lib/dist/tensors.ts';
 import { exampleOptionsFromArgs, loadDenseModel, modelRequestFromArgs } from '../lib/model/pretrained.ts';
 import { initAdamW, type ScheduleType } from '../lib/optim.ts';
 import { appendMetrics, readCheckpoint, resolveResume, writeCheckpoint, writeModel, type SavedModel, type TrainerState } from '../lib/outputs.ts';
+import { GRAD_SCALER_DEFAULTS, type LossScaleState } from '../lib/lossscale.ts';
+import { choosePrecision, precisionEnvironment } from '../lib/precision.ts';
 import { keyFromSeed } from '../lib/random.ts';
 import { reportHtml } from '../lib/report.ts';
 import { schedulePlan, trainLoop, type LogRecord } from '../lib/trainer.ts';
@@ -53,11 +55,12 @@ await runScript('train', async () => {
   if (main && !resume && !a.overwrite_output_dir && existsSync(outputDir) && readdirSync(outputDir).length > 0) {
     throw new Error(`--output_dir ${outputDir} exists and is not empty; pass --overwrite_output_dir to train over it, or --resume_from_checkpoint to continue`);
   }
-  if (a.fp16) say('warning: --fp16 ignored: TensorFlow.js has no float16 kernels, training runs in float32');
   await initBackend(a.backend as BackendChoice);
+  const precision = choosePrecision({ bf16: a.bf16 as boolean, fp16: a.fp16 as boolean }, precisionEnvironment(backendInfo()));
+  precision.warnings.forEach(say);
   const group: ProcessGroup & { close?(): void } = info.worldSize > 1 ? await connectTcpGroup(info) : singleProcessGroup();
 
-  const loaded = await loadDenseModel(modelRequestFromArgs(a));
+  const loaded = await loadDenseModel({ ...modelRequestFromArgs(a), precision: precision.precision });
   loaded.notes.forEach(say);
   const tok = loaded.tokenizer;
   const exampleOpts = exampleOptionsFromArgs(tok, a);
@@ -84,6 +87,7 @@ await runScript('train', async () => {
   checkExamples(examples, a.train_n_passages as number);
   const how = data.fromCache ? `read from the tokenized cache ${data.fromCache}` : `tokenized${data.workers > 0 ? ` by ${data.workers} worker threads` : ''}`;
   say(`backend ${describeBackend()}; ${examples.length} training queries ${how} in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  say(`precision: ${precision.description}`);
   const evalSet = main && a.eval_queries ? loadEvalSet(a.eval_queries as string, a.eval_corpus as string, a.eval_qrels as string | null, exampleOpts) : null;
   const evalSteps = (a.eval_steps ?? a.logging_steps) as number;
 
@@ -93,6 +97,7 @@ await runScript('train', async () => {
     const dir = resolveResume(resume, outputDir);
     const ckpt = await readCheckpoint(dir, a.untie_encoder as boolean, loaded.params);
     state = { params: ckpt.params, optimizer: ckpt.optimizer, key: state.key };
+    if (precision.lossScaling && ckpt.state.loss_scale) state.lossScale = ckpt.state.loss_scale as LossScaleState;
     history = ckpt.state.log_history;
     say(`resuming from ${dir} at step ${ckpt.state.global_step}`);
   } else if (group.worldSize > 1) {
@@ -122,9 +127,9 @@ await runScript('train', async () => {
       (a.grad_cache ? `, grad cache ${a.gc_q_chunk_size}/${a.gc_p_chunk_size}` : '') +
       (a.negatives_x_device ? ', negatives across processes' : ''),
   );
-  const trainerState = (step: number, epoch: number): TrainerState => ({
+  const trainerState = (step: number, epoch: number, s: TrainState): TrainerState => ({
     global_step: step, epoch, max_steps: plan.total, seed: a.seed as number, backend: backendInfo(), world_size: group.worldSize,
-    train_batch_size: loop.batchSize, log_history: history,
+    train_batch_size: loop.batchSize, precision: precision.precision, ...(s.lossScale ? { loss_scale: s.lossScale } : {}), log_history: history,
   });
   const saved = (params: TrainState['params']): SavedModel => ({
     config: loaded.rawConfig, params, untied: a.untie_encoder as boolean, pooler: loaded.options.pooler ?? null, settings: loaded.settings, tokenizer: tok,
@@ -147,8 +152,10 @@ await runScript('train', async () => {
       temperature: loaded.settings.temperature,
       group,
       negativesXDevice: a.negatives_x_device as boolean,
+      lossScale: precision.lossScaling ? GRAD_SCALER_DEFAULTS : null,
     },
     {
+      onSkip: (step, scale) => say(`step ${step}: the gradients overflowed in float16; step skipped, loss scale now ${scale}`),
       onLog: async (r: LogRecord) => {
         if (!main) return;
         history.push({ ...r });
@@ -171,10 +178,10 @@ await runScript('train', async () => {
       },
       onSave: async (s, step, epoch, final) => {
         if (!main) return;
-        if (step % loop.saveSteps === 0) await writeCheckpoint(outputDir, saved(s.params), s.optimizer, trainerState(step, epoch), a.save_total_limit as number | null);
+        if (step % loop.saveSteps === 0) await writeCheckpoint(outputDir, saved(s.params), s.optimizer, trainerState(step, epoch, s), a.save_total_limit as number | null);
         if (final) {
           await writeModel(outputDir, saved(s.params), true);
-          await writeFile(path.join(outputDir, 'trainer_state.json'), JSON.stringify(trainerState(step, epoch), null, 2) + '\n');
+          await writeFile(path.join(outputDir, 'trainer_state.json'), JSON.stringify(trainerState(step, epoch, s), null, 2) + '\n');
           await report();
           clearBar();
           console.log(`saved the model to ${outputDir} after ${((performance.now() - t0) / 1000).toFixed(1)} s`);

@@ -1,10 +1,13 @@
 // BERT's encoder as a pure function of a parameter map under Hugging Face's BertModel names, computing
 // what `transformers` computes (eager attention, float32): the same additive mask, exact-erf GELU,
 // PyTorch's LayerNorm and nn.Embedding's padding_idx (the [PAD] row gets no gradient). Every dropout
-// site draws from its own stream of the caller's rng, so grad-cache replays see identical masks.
+// site draws from its own stream of the caller's rng, so grad-cache replays see identical masks. With a
+// reduced precision, the linear layers and attention's two batched products run in it (as under
+// PyTorch's autocast); everything else stays float32.
 import * as tf from '@tensorflow/tfjs';
 import type { TokenBatch } from '../data/collator.ts';
-import { dropout, embeddingLookup, linear } from '../ops.ts';
+import { dropout, embeddingLookup, linear, matMul } from '../ops.ts';
+import type { Precision } from '../precision.ts';
 import { foldIn, siteRng, type DropoutRng, type Key } from '../random.ts';
 import type { ParamMap } from './types.ts';
 
@@ -279,9 +282,9 @@ function checkBatch(config: BertConfig, batch: TokenBatch): void {
 /**
  * The last hidden state [rows, L, hidden] of BertModel for a token batch (token type 0 everywhere,
  * positions 0..L−1). Parameters are read under `prefix` (`query_model.` for an untied query tower);
- * `rng` null means evaluation (no dropout).
+ * `rng` null means evaluation (no dropout); `precision` is that of the matrix products.
  */
-export function bertForward(config: BertConfig, params: ParamMap, batch: TokenBatch, rng: DropoutRng | null, prefix = ''): tf.Tensor3D {
+export function bertForward(config: BertConfig, params: ParamMap, batch: TokenBatch, rng: DropoutRng | null, prefix = '', precision: Precision = 'float32'): tf.Tensor3D {
   checkBatch(config, batch);
   checkBertParams(config, params, prefix);
   const P = <T extends tf.Tensor>(name: string) => params[prefix + name] as T;
@@ -325,14 +328,16 @@ export function bertForward(config: BertConfig, params: ParamMap, batch: TokenBa
 
     function layer(i: number, h: tf.Tensor3D): tf.Tensor3D {
       const l = `encoder.layer.${i}.`;
-      const dense = (x: tf.Tensor3D, name: string) => linear(x, P<tf.Tensor2D>(`${l}${name}.weight`), P<tf.Tensor1D>(`${l}${name}.bias`));
+      const dense = <T extends tf.Tensor>(x: T, name: string) => linear(x, P<tf.Tensor2D>(`${l}${name}.weight`), P<tf.Tensor1D>(`${l}${name}.bias`), precision);
+      // one [rows·L, H] tensor for the three projections: a reduced-precision cast of it is made once
+      const h2 = tf.reshape(h, [rows * L, H]);
       // scaling q instead of the scores: [rows, L, H] is smaller than [rows, heads, L, L]
-      const q = splitHeads(tf.mul(dense(h, 'attention.self.query'), scale));
-      const k = splitHeads(dense(h, 'attention.self.key'));
-      const v = splitHeads(dense(h, 'attention.self.value'));
-      let probs = tf.softmax(tf.add(tf.matMul(q, k, false, true), maskBias));
+      const q = splitHeads(tf.mul(dense(h2, 'attention.self.query'), scale));
+      const k = splitHeads(dense(h2, 'attention.self.key'));
+      const v = splitHeads(dense(h2, 'attention.self.value'));
+      let probs = tf.softmax(tf.add(matMul(q, k, false, true, precision), maskBias));
       probs = dropout(probs, attnP, site(siteOf(i, 0)));
-      const context = tf.reshape(tf.transpose(tf.matMul(probs, v), [0, 2, 1, 3]), [rows, L, H]) as tf.Tensor3D;
+      const context = tf.reshape(tf.transpose(matMul(probs, v, false, false, precision), [0, 2, 1, 3]), [rows, L, H]) as tf.Tensor3D;
       const attended = dropout(dense(context, 'attention.output.dense'), hiddenP, site(siteOf(i, 1)));
       const a = layerNorm(tf.add(attended, h) as tf.Tensor3D, P(`${l}attention.output.LayerNorm.weight`), P(`${l}attention.output.LayerNorm.bias`), config.layer_norm_eps);
       const inner = act(dense(a, 'intermediate.dense')) as tf.Tensor3D;
