@@ -6,7 +6,7 @@
 // PyTorch's autocast); everything else stays float32.
 import * as tf from '@tensorflow/tfjs';
 import type { TokenBatch } from '../data/collator.ts';
-import { dropout, embeddingLookup, linear, matMul } from '../ops.ts';
+import { dropout, embeddingLookup, linear, matMul, sumRows } from '../ops.ts';
 import type { Precision } from '../precision.ts';
 import { foldIn, siteRng, type DropoutRng, type Key } from '../random.ts';
 import type { ParamMap } from './types.ts';
@@ -176,11 +176,6 @@ function customGrad<A extends tf.Tensor[]>(f: (...args: [...A, SaveFn]) => { val
   return tf.customGrad(f as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (...xs: A) => tf.Tensor;
 }
 
-/** Sum over every axis but the last: the gradient of a broadcast [k] parameter. */
-function sumLeading(x: tf.Tensor): tf.Tensor {
-  return tf.sum(x, Array.from({ length: x.rank - 1 }, (_, i) => i));
-}
-
 const layerNormByEps = new Map<number, (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => tf.Tensor>();
 
 /**
@@ -200,7 +195,7 @@ export function layerNorm<T extends tf.Tensor>(x: T, weight: tf.Tensor1D, bias: 
         gradFunc: (dy: tf.Tensor, [xh, r, ws]: tf.Tensor[]) => {
           const g = tf.mul(dy, ws);
           const dx = tf.mul(r, tf.sub(tf.sub(g, tf.mean(g, -1, true)), tf.mul(xh, tf.mean(tf.mul(g, xh), -1, true))));
-          return [dx, sumLeading(tf.mul(dy, xh)), sumLeading(dy)];
+          return [dx, sumRows(tf.mul(dy, xh)), sumRows(dy)];
         },
       };
     });
