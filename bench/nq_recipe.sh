@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The NQ recipe end to end on the shared data (../shared/data/nq): a small BERT trained from scratch on
 # 2,106 NQ training questions, the 2,588-passage corpus encoded, the 275 held-out questions searched and
-# evaluated. Usage: bash bench/nq_recipe.sh [OUT_DIR] [extra train.ts flags...]
+# evaluated. Usage: bash bench/nq_recipe.sh [OUT_DIR] [extra train.ts flags...]; --bf16 / --fp16 among
+# them also go to encode.ts (bash bench/nq_recipe.sh runs/nq-bf16 --bf16).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=../shared/data
 OUT=${1:-runs/nq}; shift || true
+precision=()
+for flag in "$@"; do case "$flag" in --bf16|--fp16) precision+=("$flag") ;; esac; done
 [ -f "$DATA/nq/train.jsonl" ] || { echo "nq_recipe: $DATA/nq/train.jsonl is absent" >&2; exit 1; }
 mkdir -p "$OUT/init"
 cp "$DATA/bert-base-uncased/vocab.txt" "$OUT/init/"
@@ -24,9 +27,9 @@ npx tsx scripts/train.ts --output_dir "$OUT/model" --overwrite_output_dir --mode
   --pooling mean --grad_cache --gc_q_chunk_size 32 --gc_p_chunk_size 16 --logging_steps 13 --save_steps 100000 --eval_queries "$DATA/nq/dev.queries.jsonl" --eval_corpus "$DATA/nq/corpus.jsonl" --eval_qrels "$DATA/nq/dev.qrels.tsv" --eval_steps 65 "$@"
 t1=$(date +%s)
 npx tsx scripts/encode.ts --model_name_or_path "$OUT/model" --encode_in_path "$DATA/nq/corpus.jsonl" \
-  --p_max_len 128 --per_device_eval_batch_size 64 --encoded_save_path "$OUT/corpus.safetensors"
+  --p_max_len 128 --per_device_eval_batch_size 64 --encoded_save_path "$OUT/corpus.safetensors" "${precision[@]}"
 npx tsx scripts/encode.ts --model_name_or_path "$OUT/model" --encode_in_path "$DATA/nq/dev.queries.jsonl" --encode_is_qry \
-  --q_max_len 32 --per_device_eval_batch_size 64 --encoded_save_path "$OUT/dev.safetensors"
+  --q_max_len 32 --per_device_eval_batch_size 64 --encoded_save_path "$OUT/dev.safetensors" "${precision[@]}"
 npx tsx scripts/search.ts --query_reps "$OUT/dev.safetensors" --passage_reps "$OUT/corpus.safetensors" --depth 100 \
   --save_ranking_to "$OUT/dev.run.txt"
 t2=$(date +%s)
