@@ -7,25 +7,10 @@
 import { readFileSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs';
 import type { BackendInfo } from './backend.ts';
+import { callNative, runningBinding, type NativeBinding } from './native.ts';
 
 export type Precision = 'float32' | 'bfloat16' | 'float16';
 export type ReducedPrecision = Exclude<Precision, 'float32'>;
-
-interface TensorInfo {
-  id: number;
-  shape: number[];
-  dtype: number;
-}
-
-/** What lib/ uses of tfjs-node's NodeJSKernelBackend and of the patched binding. */
-interface NodeBackend {
-  binding: {
-    mixedMatMul?(a: number, b: number, transposeA: boolean, transposeB: boolean, dtype: number, keep: number, bias: number): TensorInfo;
-    mixedCacheSize?(): number;
-  };
-  getInputTensorIds(tensors: tf.Tensor[]): number[];
-  createOutputTensor(info: TensorInfo): tf.Tensor;
-}
 
 /** TensorFlow's TF_DataType numbers. */
 const TF_DTYPE: Record<ReducedPrecision, number> = { bfloat16: 14, float16: 19 };
@@ -36,18 +21,12 @@ const SETUP = 'run `npm run setup:tensorflow` to rebuild it';
  * Whether the running backend can compute reduced-precision products, and if not, why (one clause).
  * `binding`: tfjs-node's, by default the running one's.
  */
-export function mixedPrecisionSupport(name = tf.getBackend(), binding?: NodeBackend['binding']): { ok: true } | { ok: false; reason: string } {
+export function mixedPrecisionSupport(name = tf.getBackend(), binding: NativeBinding | null = runningBinding()): { ok: true } | { ok: false; reason: string } {
   if (name !== 'tensorflow') return { ok: false, reason: `the ${name} backend has no reduced-precision kernels` };
-  if (typeof (binding ?? (tf.backend() as unknown as NodeBackend).binding).mixedMatMul !== 'function') {
+  if (typeof binding?.mixedMatMul !== 'function') {
     return { ok: false, reason: `the tensorflow binding was built without tevatron-ts's mixed-precision entry points (an older build): ${SETUP}` };
   }
   return { ok: true };
-}
-
-function nodeBackend(): NodeBackend & { binding: Required<NodeBackend['binding']> } {
-  const support = mixedPrecisionSupport();
-  if (!support.ok) throw new Error(`reduced-precision products are unavailable: ${support.reason}`);
-  return tf.backend() as unknown as NodeBackend & { binding: Required<NodeBackend['binding']> };
 }
 
 /**
@@ -66,15 +45,17 @@ export function reducedMatMul(
   keep: { a?: boolean; b?: boolean } = {},
   bias?: tf.Tensor1D,
 ): tf.Tensor {
-  const backend = nodeBackend();
-  const ids = backend.getInputTensorIds(bias ? [a, b, bias] : [a, b]);
-  const info = backend.binding.mixedMatMul(ids[0], ids[1], transposeA, transposeB, TF_DTYPE[precision], (keep.a ? 1 : 0) | (keep.b ? 2 : 0), bias ? ids[2] : -1);
-  return backend.createOutputTensor(info);
+  const support = mixedPrecisionSupport();
+  if (!support.ok) throw new Error(`reduced-precision products are unavailable: ${support.reason}`);
+  const keepBits = (keep.a ? 1 : 0) | (keep.b ? 2 : 0);
+  return bias
+    ? callNative('mixedMatMul', [a, b, bias], transposeA, transposeB, TF_DTYPE[precision], keepBits)
+    : callNative('mixedMatMul', [a, b], -1, transposeA, transposeB, TF_DTYPE[precision], keepBits);
 }
 
 /** How many casts the binding keeps (operands alive that were multiplied with `keep`); 0 off tensorflow. */
 export function keptCasts(): number {
-  return mixedPrecisionSupport().ok ? nodeBackend().binding.mixedCacheSize() : 0;
+  return mixedPrecisionSupport().ok ? runningBinding()!.mixedCacheSize!() : 0;
 }
 
 /** The CPU's bfloat16 instructions as /proc/cpuinfo names them (amx_bf16, avx512_bf16), or null. */

@@ -1,10 +1,10 @@
 // Reduced-precision matrix products on float32 tensors, for lib/precision.ts (--bf16, --fp16):
 //
-//   mixedMatMul(a, b, transposeA, transposeB, dtype, cache, bias) -> float32 tensor info
+//   mixedMatMul(a, b, bias, transposeA, transposeB, dtype, cache) -> float32 tensor info
 //
 // casts both operands to bfloat16 or float16 (dtype: TF_BFLOAT16 or TF_HALF), multiplies them (MatMul for
 // rank 2, BatchMatMulV2 above; oneDNN's bf16 kernels on CPUs with AVX512_BF16 or AMX, cuBLAS on GPUs, both
-// accumulating in float32), casts the result back and adds the optional float32 bias [n] (bias -1: none):
+// accumulating in float32), casts the result back and adds the optional float32 bias [n] (id -1: none):
 // no reduced-precision tensor ever reaches JavaScript. `cache` keeps an operand's cast, keyed by its tensor
 // id, until that tensor is deleted (bit 1: a, bit 2: b), so a weight is cast once however many products
 // of a step read it. mixedCacheSize() counts the casts kept.
@@ -143,17 +143,17 @@ napi_value MixedMatMul(napi_env env, napi_callback_info info) {
   napi_value args[7];
   ENSURE_NAPI_OK_RETVAL(env, napi_get_cb_info(env, info, &argc, args, nullptr, nullptr), nullptr);
   if (argc < 7) {
-    NAPI_THROW_ERROR(env, "mixedMatMul(a, b, transposeA, transposeB, dtype, cache, bias): expected 7 arguments, got %zu", argc);
+    NAPI_THROW_ERROR(env, "mixedMatMul(a, b, bias, transposeA, transposeB, dtype, cache): expected 7 arguments, got %zu", argc);
     return nullptr;
   }
   int32_t a_id, b_id, dtype_value, cache, bias_id;
   bool transpose_a, transpose_b;
   if (napi_get_value_int32(env, args[0], &a_id) != napi_ok || napi_get_value_int32(env, args[1], &b_id) != napi_ok ||
-      napi_get_value_bool(env, args[2], &transpose_a) != napi_ok ||
-      napi_get_value_bool(env, args[3], &transpose_b) != napi_ok ||
-      napi_get_value_int32(env, args[4], &dtype_value) != napi_ok ||
-      napi_get_value_int32(env, args[5], &cache) != napi_ok || napi_get_value_int32(env, args[6], &bias_id) != napi_ok) {
-    NAPI_THROW_ERROR(env, "mixedMatMul(a, b, transposeA, transposeB, dtype, cache, bias): ids, booleans and numbers expected");
+      napi_get_value_int32(env, args[2], &bias_id) != napi_ok ||
+      napi_get_value_bool(env, args[3], &transpose_a) != napi_ok ||
+      napi_get_value_bool(env, args[4], &transpose_b) != napi_ok ||
+      napi_get_value_int32(env, args[5], &dtype_value) != napi_ok || napi_get_value_int32(env, args[6], &cache) != napi_ok) {
+    NAPI_THROW_ERROR(env, "mixedMatMul(a, b, bias, transposeA, transposeB, dtype, cache): ids, booleans and numbers expected");
     return nullptr;
   }
   const TF_DataType dtype = static_cast<TF_DataType>(dtype_value);

@@ -605,7 +605,7 @@ function verify(pkg: TfjsNodePackage): { version: string; gpu: boolean } {
     const exported = b.binding.tevatronExports ?? [];
     // native/tevatron_mixed.cc: the same product in bfloat16 (14), exact for these small integers
     const mixed = typeof b.binding.mixedMatMul === 'function'
-      ? Array.from(b.createOutputTensor(b.binding.mixedMatMul(...b.getInputTensorIds([tf.tensor2d([[1, 2], [3, 4]]), tf.tensor2d([[5], [6]])]), false, false, 14, 0, -1)).dataSync())
+      ? Array.from(b.createOutputTensor(b.binding.mixedMatMul(...b.getInputTensorIds([tf.tensor2d([[1, 2], [3, 4]]), tf.tensor2d([[5], [6]])]), -1, false, false, 14, 0)).dataSync())
       : null;
     console.log(JSON.stringify({ backend: tf.getBackend(), version: b.binding.TF_Version, gpu: !!b.isUsingGpuDevice, out, moved, exported, mixed }));`;
   const res = run(process.execPath, ['-e', code], { cwd: ROOT, timeoutS: 300, env: { ...process.env, TF_CPP_MIN_LOG_LEVEL: process.env.TF_CPP_MIN_LOG_LEVEL ?? '2' } });

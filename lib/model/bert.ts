@@ -7,6 +7,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { TokenBatch } from '../data/collator.ts';
 import { dropout, embeddingLookup, linear, matMul, sumRows } from '../ops.ts';
+import { callNative, callNativeOutputs, nativeElementwise } from '../native.ts';
 import type { Precision } from '../precision.ts';
 import { foldIn, siteRng, type DropoutRng, type Key } from '../random.ts';
 import type { ParamMap } from './types.ts';
@@ -180,12 +181,19 @@ const layerNormByEps = new Map<number, (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor
 
 /**
  * PyTorch's LayerNorm over the last axis (biased variance, eps inside the square root), with the
- * closed-form backward: autodiff through mean and variance records many more broadcast ops.
+ * closed-form backward: autodiff through mean and variance records many more broadcast ops. On
+ * tensorflow (CPU) forward and backward are one pass each of native/tevatron_fused.cc instead of 9 and
+ * 11 elementwise ops ([64, 128, 256]: 15 -> 3 ms).
  */
 export function layerNorm<T extends tf.Tensor>(x: T, weight: tf.Tensor1D, bias: tf.Tensor1D, eps: number): T {
   let f = layerNormByEps.get(eps);
   if (!f) {
     f = customGrad<[tf.Tensor, tf.Tensor, tf.Tensor]>((x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, save: SaveFn) => {
+      if (nativeElementwise()) {
+        const [y, stats] = callNativeOutputs('layerNorm', [x, w, b], eps);
+        save([x, stats, w]);
+        return { value: y, gradFunc: (dy: tf.Tensor, [xs, st, ws]: tf.Tensor[]) => callNativeOutputs('layerNormGrad', [xs, st, ws, dy]) };
+      }
       const xc = tf.sub(x, tf.mean(x, -1, true));
       const rstd = tf.rsqrt(tf.add(tf.mean(tf.square(xc), -1, true), eps));
       const xhat = tf.mul(xc, rstd);
@@ -208,8 +216,16 @@ const SQRT1_2 = Math.SQRT1_2;
 const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
 const SQRT_2_PI = Math.sqrt(2 / Math.PI);
 
-/** Exact GELU x·Φ(x) (PyTorch's default), with its derivative Φ(x) + x·φ(x) in one fused expression. */
+/**
+ * Exact GELU x·Φ(x) (PyTorch's default), with its derivative Φ(x) + x·φ(x) in one fused expression; on
+ * tensorflow (CPU) each is one pass of native/tevatron_fused.cc instead of 5 and 7 elementwise ops over
+ * the FFN's largest activation ([8192, 1024]: 13.4 -> 5.6 ms forward, 45 -> 7 ms backward).
+ */
 const geluErf = customGrad<[tf.Tensor]>((x: tf.Tensor, save: SaveFn) => {
+  if (nativeElementwise()) {
+    save([x]);
+    return { value: callNative('geluExact', [x]), gradFunc: (dy: tf.Tensor, [xs]: tf.Tensor[]) => [callNative('geluExactGrad', [xs, dy])] };
+  }
   const cdf = tf.mul(tf.add(tf.erf(tf.mul(x, SQRT1_2)), 1), 0.5);
   save([x, cdf]);
   return {
