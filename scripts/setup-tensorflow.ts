@@ -25,6 +25,8 @@ import { applyHunks, nativeExtensions, parseUnifiedDiff, type NativeExtensions }
 const TF_VERSION = '2.21.0';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const NATIVE = nativeExtensions(path.join(ROOT, 'native'));
+// native/tevatron_fused.cc: sqrt without errno, so its loops vectorize (the binding reads no errno)
+const BINDING_CFLAGS = ['-fno-math-errno'];
 const HELP = `usage: npm run setup:tensorflow -- [--gpu] [--tensorflow-dir DIR | --wheel FILE] [--force]
 
 Builds the tensorflow backend: @tensorflow/tfjs-node's binding against TensorFlow ${TF_VERSION} from its pip wheel.
@@ -476,7 +478,7 @@ function addExtensions(bindingDir: string, pkg: TfjsNodePackage, ext: NativeExte
       try {
         fs.writeFileSync(target, applyHunks(fs.readFileSync(target, 'utf8'), hunks, file));
       } catch (err) {
-        throw new SetupError(`${path.relative(ROOT, patch)}: ${(err as Error).message} of ${pkg.name}@${pkg.version}: the patch is for the version package.json pins; reinstall it (npm ci)`);
+        throw new SetupError(`${path.relative(ROOT, patch)}: ${(err as Error).message} in ${pkg.name}@${pkg.version}: the patch is for the version package.json pins; reinstall it (npm ci)`);
       }
     }
   }
@@ -488,6 +490,7 @@ function buildBinding(pkg: TfjsNodePackage, tf: TensorflowLayout, opts: Options)
   const key = hashOf([
     STDIO_SOURCE,
     ...NATIVE.files.flatMap((f) => [path.basename(f), fs.readFileSync(f)]),
+    ...BINDING_CFLAGS,
     pkg.name,
     pkg.version,
     ...[...pkg.sources, ...pkg.headers].map((f) => fs.readFileSync(f)),
@@ -528,6 +531,7 @@ function buildBinding(pkg: TfjsNodePackage, tf: TensorflowLayout, opts: Options)
           sources: [...pkg.sources, ...NATIVE.sources].map((f) => `binding/${path.basename(f)}`),
           include_dirs: [tf.includeDir],
           defines: [`NAPI_VERSION=${pkg.napiVersion}`],
+          cflags_cc: BINDING_CFLAGS,
           libraries: [`-L${linkDir}`, '-ltensorflow', '-ltensorflow_framework', `-Wl,-rpath,${tf.libDir}`, ...cudaLinkFlags(tf)],
         },
         { target_name: STDIO_ADDON, sources: [`tevatron/${STDIO_ADDON}.c`], defines: [`NAPI_VERSION=${pkg.napiVersion}`] },
