@@ -1,7 +1,7 @@
 // tevatron-ts's entry points in the tensorflow binding (native/*.cc, compiled in by setup:tensorflow):
 // whether the running binding has one, and float32 tensors in and out of them. Everything else in lib/
 // uses tfjs-core ops; precision.ts (reduced-precision products), model/bert.ts's one-pass GELU and layer
-// norm and optim.ts's one-pass AdamW come through here.
+// norm, optim.ts's one-pass AdamW and ops.ts's dropout come through here.
 import * as tf from '@tensorflow/tfjs';
 
 interface TensorInfo {
@@ -19,6 +19,7 @@ export interface NativeBinding {
   layerNorm?(x: number, w: number, b: number, eps: number): TensorInfo[];
   layerNormGrad?(x: number, stats: number, w: number, dy: number): TensorInfo[];
   adamw?(p: number, g: number, m: number, v: number, lr: number, beta1: number, beta2: number, eps: number, decay: number, bc1: number, bc2: number): TensorInfo[];
+  dropout?(x: number, key: number, rowOffset: number, threshold: number, scale: number): TensorInfo;
 }
 
 /** What lib/ uses of tfjs-node's NodeJSKernelBackend. */
@@ -58,10 +59,10 @@ export function callNativeOutputs(name: keyof NativeBinding, tensors: tf.Tensor[
 }
 
 /**
- * Whether the one-pass GELU, layer norm and AdamW of native/tevatron_fused.cc run here: on tensorflow on
- * the CPU (they read host memory), with a binding that has them.
+ * Whether the one-pass GELU, layer norm, AdamW and dropout of native/tevatron_fused.cc run here: on
+ * tensorflow on the CPU (they read host memory), with a binding that has them.
  */
 export function nativeElementwise(): boolean {
   const backend = nodeBackend();
-  return backend !== null && !backend.isUsingGpuDevice && typeof backend.binding.adamw === 'function';
+  return backend !== null && !backend.isUsingGpuDevice && typeof backend.binding.dropout === 'function';
 }

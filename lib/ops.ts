@@ -4,8 +4,9 @@
 // gradient tfjs gives gather), and dropout drawn from an explicit key. The products of `linear` and
 // `matMul`, their gradients included, run in the precision the caller asks for (precision.ts).
 import * as tf from '@tensorflow/tfjs';
+import { callNative, nativeElementwise } from './native.ts';
 import { reducedMatMul, type Precision } from './precision.ts';
-import { dropoutScales, type DropoutRng } from './random.ts';
+import { dropoutScales, keepRule, type DropoutRng } from './random.ts';
 
 /** Flattens all leading dimensions: [..., k] -> [prod(...), k]. */
 function as2d(x: tf.Tensor): tf.Tensor2D {
@@ -139,13 +140,22 @@ export function embeddingLookup(table: tf.Tensor2D, ids: tf.Tensor): tf.Tensor {
   return tf.reshape(flat, [...ids.shape, table.shape[1]]);
 }
 
+/** x ⊙ mask with the mask drawn in the binding as it is applied; its gradient is dy ⊙ the same mask. */
+function nativeDropout(x: tf.Tensor, rate: number, rng: DropoutRng): tf.Tensor {
+  const { threshold, scale } = keepRule(rate);
+  const apply = (t: tf.Tensor) => callNative('dropout', [t], rng.key, rng.rowOffset, threshold, scale);
+  return customGrad<[tf.Tensor]>((t: tf.Tensor) => ({ value: apply(t), gradFunc: (dy: tf.Tensor) => [apply(dy)] }))(x);
+}
+
 /**
  * Inverted dropout whose mask comes from `rng` (see random.ts): the first dimension of x is the example
- * row. No rng or rate 0 is the identity (evaluation).
+ * row. No rng or rate 0 is the identity (evaluation). On tensorflow (CPU) the mask is drawn in the binding
+ * as it is applied (the same mask, element for element), not made here, copied in and kept for backward.
  */
 export function dropout<T extends tf.Tensor>(x: T, rate: number, rng: DropoutRng | null): T {
   if (!rng || rate <= 0) return x;
   if (rate >= 1) throw new Error(`dropout rate must be in [0, 1), got ${rate}`);
+  if (nativeElementwise()) return nativeDropout(x, rate, rng) as T;
   const rows = x.shape[0];
   const scales = tf.tensor(dropoutScales(rng, rows, x.size / rows, rate), x.shape, 'float32');
   return tf.mul(x, scales) as T;

@@ -3,10 +3,13 @@
 //   geluExact(x) -> y = x·Φ(x)             geluExactGrad(x, dy) -> dx = dy·(Φ(x) + x·φ(x))
 //   layerNorm(x, w, b, eps) -> [y, stats]  layerNormGrad(x, stats, w, dy) -> [dx, dw, db]
 //   adamw(p, g, m, v, lr, beta1, beta2, eps, decay, bc1, bc2) -> [p', m', v']
+//   dropout(x, key, rowOffset, threshold, scale) -> x ⊙ mask, the mask drawn on the fly
 //
 // TensorFlow has neither a GELU nor a layer-norm op: composed of its elementwise ops, GELU takes 5 passes
 // over the FFN's largest activation forward and 7 backward, layer norm 9 and 11, and an AdamW update 12
-// (over every parameter: 110M floats for BERT-base, half a second a step). Layer norm is PyTorch's
+// (over every parameter: 110M floats for BERT-base, half a second a step); dropout multiplied a mask
+// made in JavaScript and copied in (and kept for the backward pass), which here is drawn by
+// lib/random.ts's definition, element for element, as it is applied. Layer norm is PyTorch's
 // (biased variance, eps inside the square root) over the last axis; stats holds each row's mean and
 // 1/σ, so the backward pass recomputes x̂ instead of keeping it. erf and exp are branch-free float32
 // approximations (erf: the rational approximation Eigen uses, a few ulp; exp: Cody-Waite reduction and a
@@ -158,6 +161,36 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void AdamWRange(
     m1[i] = mk;
     v1[i] = vk;
     p1[i] = p[i] * decay - mk / (std::sqrt(vk) / bc2 + eps) * step;
+  }
+}
+
+// lib/random.ts's mix32 and foldIn: the dropout mask's definition
+inline uint32_t Mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  return x ^ (x >> 16);
+}
+inline uint32_t FoldIn(uint32_t key, int32_t data) {
+  return Mix32(Mix32(key) ^ ((static_cast<uint32_t>(data) + 0x9e3779b9u) * 0x85ebca6bu));
+}
+
+// Row r's element j is kept when mix32(foldIn(key, rowOffset + r) + j·0x9e3779b9) >> 8 < threshold, and is
+// then x·scale, else x·0 (as JavaScript's mask times x: -0 and NaN alike)
+__attribute__((target_clones("avx512f", "avx2", "default"))) void DropoutRows(const float *__restrict x,
+                                                                              float *__restrict y, int64_t rows,
+                                                                              int64_t row_size, uint32_t key,
+                                                                              int64_t first_row, uint32_t threshold,
+                                                                              float scale) {
+  for (int64_t r = 0; r < rows; r++) {
+    const uint32_t row_key = FoldIn(key, static_cast<int32_t>(first_row + r));
+    const float *xr = x + r * row_size;
+    float *yr = y + r * row_size;
+    for (int64_t j = 0; j < row_size; j++) {
+      const uint32_t h = Mix32(row_key + static_cast<uint32_t>(j) * 0x9e3779b9u);
+      yr[j] = xr[j] * ((h >> 8) < threshold ? scale : 0.f);
+    }
   }
 }
 
@@ -377,9 +410,43 @@ napi_value AdamW(napi_env env, napi_callback_info info) {
   return Outputs(env, std::move(out));
 }
 
+napi_value Dropout(napi_env env, napi_callback_info info) {
+  std::vector<OwnedTensor> in;
+  const char *usage = "dropout(x, key, rowOffset, threshold, scale)";
+  if (!Inputs(env, info, usage, 1, in)) return nullptr;
+  napi_value args[5];
+  size_t argc = 5;
+  double h[4];
+  if (napi_get_cb_info(env, info, &argc, args, nullptr, nullptr) != napi_ok || argc < 5) {
+    NAPI_THROW_ERROR(env, "%s: 5 arguments expected", usage);
+    return nullptr;
+  }
+  for (int i = 0; i < 4; i++) {
+    if (napi_get_value_double(env, args[1 + i], &h[i]) != napi_ok) {
+      NAPI_THROW_ERROR(env, "%s: argument %d is not a number", usage, 2 + i);
+      return nullptr;
+    }
+  }
+  const int64_t n = TF_TensorElementCount(in[0].get());
+  const int64_t rows = TF_NumDims(in[0].get()) > 0 ? TF_Dim(in[0].get(), 0) : 1;
+  const int64_t row_size = rows > 0 ? n / rows : 0;
+  OwnedTensor y = NewTensor(Dims(in[0]));
+  const float *x = Data(in[0]);
+  float *ys = MutableData(y);
+  const uint32_t key = static_cast<uint32_t>(h[0]), threshold = static_cast<uint32_t>(h[2]);
+  const int64_t first = static_cast<int64_t>(h[1]);
+  Parallel(rows, std::max<int64_t>(1, kElementGrain / std::max<int64_t>(1, row_size)), [&](int64_t r0, int64_t r1, int64_t) {
+    DropoutRows(x + r0 * row_size, ys + r0 * row_size, r1 - r0, row_size, key, first + r0, threshold, static_cast<float>(h[3]));
+  });
+  std::vector<OwnedTensor> out;
+  out.push_back(std::move(y));
+  return Outputs(env, std::move(out));
+}
+
 }  // namespace
 
 TEVATRON_EXPORT(adamw, AdamW);
+TEVATRON_EXPORT(dropout, Dropout);
 TEVATRON_EXPORT(geluExact, GeluExact);
 TEVATRON_EXPORT(geluExactGrad, GeluExactGrad);
 TEVATRON_EXPORT(layerNorm, LayerNorm);

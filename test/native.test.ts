@@ -14,7 +14,7 @@ const bindingDir = path.join(path.dirname(createRequire(import.meta.url).resolve
 
 test('native/ holds one patch and the entry points its sources register', () => {
   assert.equal(native.patches.map((p) => path.basename(p)), ['tfjs-node.patch']);
-  for (const name of ['mixedMatMul', 'mixedCacheSize', 'geluExact', 'geluExactGrad', 'layerNorm', 'layerNormGrad']) assert.ok(native.exports.includes(name), name);
+  for (const name of ['mixedMatMul', 'mixedCacheSize', 'geluExact', 'geluExactGrad', 'layerNorm', 'layerNormGrad', 'adamw', 'dropout']) assert.ok(native.exports.includes(name), name);
 });
 
 test('the patch applies to the installed tfjs-node binding: accessors, the listener calls, the exports hook', () => {
