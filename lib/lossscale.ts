@@ -36,6 +36,16 @@ export function updateLossScale(state: LossScaleState, finite: boolean, cfg: Los
   return { ...state, goodSteps };
 }
 
+/** The scaler's state as trainer_state.json holds it (`loss_scale`), checked; `source` names the file in errors. */
+export function lossScaleFromJson(json: unknown, source: string): LossScaleState {
+  const s = json as Partial<Record<keyof LossScaleState, unknown>> | null;
+  const ok = (v: unknown, min: number) => typeof v === 'number' && Number.isFinite(v) && v >= min;
+  if (!s || typeof s !== 'object' || !ok(s.scale, Number.MIN_VALUE) || !ok(s.goodSteps, 0) || !ok(s.skipped, 0)) {
+    throw new Error(`${source}: loss_scale must be {"scale": > 0, "goodSteps": >= 0, "skipped": >= 0}, got ${JSON.stringify(json)}; fix or delete it to restart the scaler`);
+  }
+  return { scale: s.scale as number, goodSteps: s.goodSteps as number, skipped: s.skipped as number };
+}
+
 /** The seed of the backward pass (d(scale·loss)/dloss): the scale as a scalar; none without scaling. */
 export function lossScaleSeed(scale: number | undefined): tf.Scalar | undefined {
   return scale !== undefined && scale !== 1 ? tf.scalar(scale) : undefined;

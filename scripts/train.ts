@@ -18,7 +18,7 @@ import { broadcastParams } from '../lib/dist/tensors.ts';
 import { exampleOptionsFromArgs, loadDenseModel, modelRequestFromArgs } from '../lib/model/pretrained.ts';
 import { initAdamW, type ScheduleType } from '../lib/optim.ts';
 import { appendMetrics, readCheckpoint, resolveResume, writeCheckpoint, writeModel, type SavedModel, type TrainerState } from '../lib/outputs.ts';
-import { GRAD_SCALER_DEFAULTS, type LossScaleState } from '../lib/lossscale.ts';
+import { GRAD_SCALER_DEFAULTS, lossScaleFromJson } from '../lib/lossscale.ts';
 import { choosePrecision, precisionEnvironment } from '../lib/precision.ts';
 import { keyFromSeed } from '../lib/random.ts';
 import { reportHtml } from '../lib/report.ts';
@@ -97,7 +97,7 @@ await runScript('train', async () => {
     const dir = resolveResume(resume, outputDir);
     const ckpt = await readCheckpoint(dir, a.untie_encoder as boolean, loaded.params);
     state = { params: ckpt.params, optimizer: ckpt.optimizer, key: state.key };
-    if (precision.lossScaling && ckpt.state.loss_scale) state.lossScale = ckpt.state.loss_scale as LossScaleState;
+    if (precision.lossScaling && ckpt.state.loss_scale !== undefined) state.lossScale = lossScaleFromJson(ckpt.state.loss_scale, path.join(dir, 'trainer_state.json'));
     history = ckpt.state.log_history;
     say(`resuming from ${dir} at step ${ckpt.state.global_step}`);
   } else if (group.worldSize > 1) {

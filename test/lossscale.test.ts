@@ -3,7 +3,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { GRAD_SCALER_DEFAULTS, initLossScale, updateLossScale, type LossScaleConfig } from '../lib/lossscale.ts';
+import { GRAD_SCALER_DEFAULTS, initLossScale, lossScaleFromJson, updateLossScale, type LossScaleConfig } from '../lib/lossscale.ts';
 import { bagBiEncoder, initBagParams } from '../lib/model/bag.ts';
 import type { BiEncoder } from '../lib/model/types.ts';
 import { initAdamW } from '../lib/optim.ts';
@@ -40,6 +40,10 @@ test('GradScaler\'s rules: start at 2^16, halve and reset on overflow, double af
   assert.equal(scales, [65536, 65536, 32768, 32768, 32768, 65536, 65536]);
   assert.equal([s.goodSteps, s.skipped], [1, 1]);
   assert.is(GRAD_SCALER_DEFAULTS.growthInterval, 2000);
+  // resumed from trainer_state.json: checked, as any bytes from a file
+  assert.equal(lossScaleFromJson(JSON.parse(JSON.stringify(s)), 'ckpt/trainer_state.json'), s);
+  assert.throws(() => lossScaleFromJson({ scale: 0, goodSteps: 1, skipped: 0 }, 'ckpt/trainer_state.json'), /^ckpt\/trainer_state\.json: loss_scale must be .*; fix or delete it/);
+  assert.throws(() => lossScaleFromJson('65536', 'x.json'), /x\.json: loss_scale must be/);
 });
 
 test('a loss-scaled step equals the unscaled step (a power-of-two scale is exact) and counts a good step', async () => {

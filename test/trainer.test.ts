@@ -4,6 +4,8 @@ import * as assert from 'uvu/assert';
 import { syntheticTask } from '../lib/data/synthetic.ts';
 import { bagBiEncoder, initBagParams } from '../lib/model/bag.ts';
 import type { ParamMap } from '../lib/model/types.ts';
+import { GRAD_SCALER_DEFAULTS } from '../lib/lossscale.ts';
+import type { BiEncoder } from '../lib/model/types.ts';
 import { initAdamW } from '../lib/optim.ts';
 import type { TrainConfig, TrainState } from '../lib/train.ts';
 import { schedulePlan, trainLoop, type LogRecord, type LoopOptions } from '../lib/trainer.ts';
@@ -50,6 +52,25 @@ test('a run resumed from a mid-run checkpoint ends with the same weights as an u
   const resumed = await trainLoop(model, saved!, task.train, loop, cfg);
   for (const k of Object.keys(straight.params)) assert.equal(Array.from(resumed.params[k].dataSync()), Array.from(straight.params[k].dataSync()), k);
   disposeAll(straight.params, straight.optimizer.m, straight.optimizer.v, resumed.params, resumed.optimizer.m, resumed.optimizer.v);
+});
+
+test('with loss scaling, an overflowing step is reported to onSkip and the logs carry the scale', async () => {
+  // steps 1 and 2 overflow (representations beyond float32, as float16's do beyond 65504), the rest do not
+  let calls = 0;
+  const flaky: BiEncoder = {
+    encodeQuery: model.encodeQuery,
+    encodePassage: (p, b, r) => tf.tidy(() => tf.mul(model.encodePassage(p, b, r), ++calls <= 2 ? 3e38 : 1)),
+  };
+  const skips: [number, number][] = [];
+  const logs: LogRecord[] = [];
+  const end = await trainLoop(flaky, fresh(), task.train, { ...loop, maxSteps: 4 }, { ...cfg, lossScale: GRAD_SCALER_DEFAULTS }, {
+    onSkip: (step, scale) => void skips.push([step, scale]),
+    onLog: (r) => void logs.push(r),
+  });
+  assert.equal(skips, [[1, 32768], [2, 16384]]);
+  assert.equal(logs.map((l) => [l.step, l.loss_scale]), [[2, 16384], [4, 16384]]);
+  assert.equal(end.lossScale, { scale: 16384, goodSteps: 2, skipped: 2 });
+  disposeAll(end.params, end.optimizer.m, end.optimizer.v);
 });
 
 test.run();
