@@ -18,9 +18,9 @@
 // they run over the cores in slices.
 #include <node_api.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <thread>
