@@ -5,7 +5,8 @@
 # searched with the round-one model, hard negatives mined from what it ranks high (mine.ts: depth 100,
 # 30 per question, no positive and no passage containing an answer), a second model trained on them with the
 # same settings, evaluated the same way; both rounds' dev metrics side by side at the end.
-# Usage: bash bench/nq_recipe.sh [OUT_DIR] [extra train.ts flags for both rounds...]
+# Usage: bash bench/nq_recipe.sh [OUT_DIR] [extra train.ts flags for both rounds...]; --bf16 / --fp16 among
+# them also go to encode.ts (bash bench/nq_recipe.sh runs/nq-bf16 --bf16).
 # Environment:
 #   ROUNDS=1|2                        default 2
 #   ROUND2_FROM=init|round1           round two starts from the initial model (default, as Tevatron's coCondenser NQ recipe)
@@ -22,6 +23,8 @@ ROUNDS=${ROUNDS:-2}
 ROUND2_FROM=${ROUND2_FROM:-init}
 ROUND2_NEGATIVES=${ROUND2_NEGATIVES:-mined}
 NPROC=${NPROC:-1}
+precision=()
+for flag in "$@"; do case "$flag" in --bf16|--fp16) precision+=("$flag") ;; esac; done
 [ -f "$DATA/nq/train.jsonl" ] || { echo "nq_recipe: $DATA/nq/train.jsonl is absent" >&2; exit 1; }
 case "$ROUND2_FROM" in init|round1) ;; *) echo "nq_recipe: ROUND2_FROM must be init or round1, got $ROUND2_FROM" >&2; exit 1;; esac
 case "$ROUND2_NEGATIVES" in mined) KEEP=();; mined+bm25) KEEP=(--keep_negatives);; *) echo "nq_recipe: ROUND2_NEGATIVES must be mined or mined+bm25, got $ROUND2_NEGATIVES" >&2; exit 1;; esac
@@ -46,11 +49,11 @@ train() { # OUTPUT_DIR MODEL TRAIN_FILE [extra flags]
 encode_passages() { # MODEL INPUT OUTPUT.safetensors: one file, or OUTPUT.<rank>.safetensors per process
   local launch=(); [ "$NPROC" -gt 1 ] && launch=(scripts/launch.ts --nproc_per_node "$NPROC")
   npx tsx "${launch[@]}" scripts/encode.ts --model_name_or_path "$1" --encode_in_path "$2" \
-    --p_max_len 128 --per_device_eval_batch_size 64 --encoded_save_path "$3"
+    --p_max_len 128 --per_device_eval_batch_size 64 --encoded_save_path "$3" "${precision[@]}"
 }
 encode_queries() { # MODEL INPUT OUTPUT
   npx tsx scripts/encode.ts --model_name_or_path "$1" --encode_in_path "$2" --encode_is_qry \
-    --q_max_len 32 --per_device_eval_batch_size 64 --encoded_save_path "$3"
+    --q_max_len 32 --per_device_eval_batch_size 64 --encoded_save_path "$3" "${precision[@]}"
 }
 evaluate_dev() { # MODEL DIR: encode the corpus and the dev questions, search, evaluate into DIR/dev.metrics.json
   encode_passages "$1" "$DATA/nq/corpus.jsonl" "$2/corpus.safetensors"

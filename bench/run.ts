@@ -6,7 +6,7 @@
 // machine hits both. A figure is the median over rounds with its range; a ratio is median over median,
 // with the range of the rounds' own ratios. Prints the figures and the target ratios, writes
 // bench/results/latest.json and the README's chart docs/bench.svg.
-//   npm run bench [-- --quick] [--rounds 3] [--sections train,memory,encode,search,wasm]    TEVATRON_BACKEND picks ours
+//   npm run bench [-- --quick] [--rounds 3] [--sections train,precision,memory,encode,search,wasm]    TEVATRON_BACKEND picks ours
 //   npm run bench -- --sections scale [--scale 0.01]    the recipe at full size (bench/scale.ts; not in the default sections:
 //                                                         about an hour and ~35 GB of temporary disk at --scale 1)
 //   npm run bench -- --chart    redraws docs/bench.svg from bench/results/latest.json
@@ -17,7 +17,7 @@ import { parseArgs } from 'node:util';
 import { barChart } from './chart.ts';
 
 const { values: opt } = parseArgs({
-  options: { quick: { type: 'boolean', default: false }, chart: { type: 'boolean', default: false }, rounds: { type: 'string', default: '3' }, sections: { type: 'string', default: 'train,memory,encode,search,wasm' }, scale: { type: 'string', default: '1' } },
+  options: { quick: { type: 'boolean', default: false }, chart: { type: 'boolean', default: false }, rounds: { type: 'string', default: '3' }, sections: { type: 'string', default: 'train,precision,memory,encode,search,wasm' }, scale: { type: 'string', default: '1' } },
 });
 const quick = opt.quick || process.env.BENCH_QUICK === '1';
 const rounds = Number(opt.rounds);
@@ -49,9 +49,9 @@ function torchPython(): string | null {
 }
 const py = torchPython();
 /** bench/torch_reference.py: one result per step kind of a.gc, or null without a PyTorch. */
-function torch(a: Args): Figures[] | null {
+function torch(a: Args, extra: string[] = []): Figures[] | null {
   if (!py) return null;
-  const r = spawnSync(py, ['bench/torch_reference.py', ...flags(a)], { encoding: 'utf8' });
+  const r = spawnSync(py, ['bench/torch_reference.py', ...flags(a), ...extra], { encoding: 'utf8' });
   if (r.status === 0) return lastJson<Figures[]>(r.stdout);
   return String(a.gc ?? 'none').split(',').map(() => ({ error: r.stderr.trim().split('\n').pop() ?? 'failed' }));
 }
@@ -187,6 +187,51 @@ if (sections.has('train')) {
   const gcRatio = (gc: KindResult, side: 'ours' | 'torch') => fmtRatioSpread(ratioSpread(gc[side]?.runs ?? [], plain[side]?.runs ?? []));
   targets.push(`grad-cache step / plain step, chunks of half the rows (<= 1.25): ${gcRatio(half, 'ours')} (PyTorch ${gcRatio(half, 'torch')}); a quarter: ${gcRatio(quarter, 'ours')} (PyTorch ${gcRatio(quarter, 'torch')})`);
   if (!quick) writeChart(train);
+}
+
+if (sections.has('precision')) {
+  // --bf16 against float32, here and in PyTorch (autocast to bfloat16, as Hugging Face's --bf16): every
+  // run a process of its own, the four kinds taking turns, `rounds` times; medians with [min–max]
+  const kinds: [string, (a: Args) => Figures | null][] = [
+    ['tevatron-ts float32', (a) => ours(a)[0]],
+    ['tevatron-ts --bf16', (a) => ours({ ...a, precision: 'bfloat16' })[0]],
+    ['PyTorch float32', (a) => torch(a)?.[0] ?? null],
+    ['PyTorch --bf16', (a) => torch(a, ['--bf16'])?.[0] ?? null],
+  ];
+  const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor((xs.length - 1) / 2)];
+  type Row = { kind: string; stepSeconds: number | null; min?: number; max?: number; error?: string };
+  const measure = (a: Args, rate: string): Row[] => {
+    const runs: (Figures | null)[][] = kinds.map(() => []);
+    for (let r = 0; r < rounds; r++) kinds.forEach(([, run], i) => runs[i].push(run(a)));
+    return runs.map((rs, i) => {
+      const kind = kinds[i][0];
+      const secs = rs.map((r) => num(r, 'stepSeconds')).filter((x): x is number => x !== null);
+      if (!secs.length) {
+        const error = rs.some((r) => r === null) ? 'no PyTorch (set TORCH_PYTHON)' : String(rs.find((r) => r?.error)?.error ?? 'failed');
+        console.log(`  ${kind.padEnd(22)} ${error}`);
+        return { kind, stepSeconds: null, error };
+      }
+      const row = { kind, stepSeconds: median(secs), min: Math.min(...secs), max: Math.max(...secs) };
+      console.log(`  ${kind.padEnd(22)} ${row.stepSeconds.toFixed(2).padStart(6)} s [${row.min.toFixed(2)}–${row.max.toFixed(2)}]  ${((a.batch as number) / row.stepSeconds).toFixed(1).padStart(7)} ${rate}`);
+      return row;
+    });
+  };
+  const shapes = quick ? [{ layers: 2, hidden: 128, batch: 16, n: 2, qlen: 32, plen: 64, steps: 2 }] : [{ ...head, steps: 3 }, { layers: 12, hidden: 768, batch: 16, n: 2, qlen: 32, plen: 64, steps: 2 }];
+  const precision: Record<string, unknown>[] = [];
+  for (const s of shapes) {
+    const name = `L${s.layers}/H${s.hidden} b${s.batch}×${s.n} ${s.qlen}/${s.plen}`;
+    console.log(`precision, train step, ${name} (median of ${rounds} processes each):`);
+    const [f32, bf16, t32, t16] = measure({ ...s, gc: 'none' }, 'samples/s');
+    precision.push({ shape: name, mode: 'train', kinds: [f32, bf16, t32, t16] });
+    targets.push(`--bf16 step vs PyTorch's --bf16 step, ${name} (>= 1.0): ${fmtRatio(ratio(t16.stepSeconds, bf16.stepSeconds))}; vs our float32 step (>= 1.6): ${fmtRatio(ratio(f32.stepSeconds, bf16.stepSeconds))}`);
+  }
+  for (const s of quick ? [{ layers: 2, hidden: 128 }] : [{ layers: 4, hidden: 256 }, { layers: 12, hidden: 768 }]) {
+    const name = `L${s.layers}/H${s.hidden} encode 64×128`;
+    console.log(`precision, ${name} (median of ${rounds} processes each):`);
+    const kindsRows = measure({ ...s, batch: 64, plen: 128, steps: 3, mode: 'encode' }, 'passages/s');
+    precision.push({ shape: name, mode: 'encode', kinds: kindsRows });
+  }
+  results.precision = precision;
 }
 
 if (sections.has('memory')) {

@@ -7,12 +7,16 @@ this machine in the same session.
          replay of each chunk under its saved RNG state)
   encode: passages per second of the no-grad forward (eval mode), batch --batch of --plen tokens
 
-    python bench/torch_reference.py --mode train --layers 4 --hidden 256 --batch 32 --n 2 --qlen 32 --plen 128 --steps 5
+  --bf16: as Hugging Face's Trainer with --bf16 on a CPU: the forward and the loss under
+         torch.autocast("cpu", dtype=torch.bfloat16), the backward outside it, float32 weights and AdamW
+
+    python bench/torch_reference.py --mode train --layers 4 --hidden 256 --batch 32 --n 2 --qlen 32 --plen 128 --steps 5 [--bf16]
 Prints one JSON line, a list with one result per step kind: stepSeconds (best of --steps, after one
 warm-up), samplesPerSecond (train) or passagesPerSecond (encode), matmulPeakGflops (1024x768x768 float32,
 best of 5), threads, torch.
 """
 import argparse
+import contextlib
 import json
 import time
 
@@ -25,8 +29,10 @@ ap.add_argument("--mode", choices=["train", "encode"], default="train")
 ap.add_argument("--gc", default="none", help="step kinds, comma-separated: none (plain) or Q/P chunk sizes; they take turns")
 for name, default in [("layers", 4), ("hidden", 256), ("batch", 32), ("n", 2), ("qlen", 32), ("plen", 128), ("steps", 5)]:
     ap.add_argument(f"--{name}", type=int, default=default)
+ap.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (Hugging Face's --bf16)")
 a = ap.parse_args()
 torch.manual_seed(0)
+autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if a.bf16 else contextlib.nullcontext
 
 
 def best_of(fns, runs):
@@ -47,7 +53,7 @@ peak = 2 * 1024 * 768 * 768 / best_of([lambda: x @ y], 5)[0] / 1e9
 config = BertConfig(vocab_size=30522, hidden_size=a.hidden, num_hidden_layers=a.layers, num_attention_heads=max(1, a.hidden // 64),
                     intermediate_size=4 * a.hidden, max_position_embeddings=512)
 model = BertModel(config, add_pooling_layer=False)
-out = {"threads": torch.get_num_threads(), "torch": torch.__version__, "matmulPeakGflops": peak}
+out = {"threads": torch.get_num_threads(), "torch": torch.__version__, "matmulPeakGflops": peak, "precision": "bfloat16" if a.bf16 else "float32"}
 
 if a.mode == "train":
     model.train()
@@ -57,11 +63,14 @@ if a.mode == "train":
     target = torch.arange(a.batch) * a.n
 
     def encode(ids):
-        return model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[:, 0]
+        with autocast():
+            return model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[:, 0]
 
     def step(kind):
         if kind == "none":
-            F.cross_entropy(encode(q) @ encode(p).T, target).backward()
+            with autocast():
+                loss = F.cross_entropy(encode(q) @ encode(p).T, target)
+            loss.backward()
         else:
             sizes = [int(x) for x in kind.split("/")]
             chunks = [list(x.split(size)) for x, size in zip((q, p), sizes)]
@@ -73,8 +82,10 @@ if a.mode == "train":
                     for c in side:
                         states[s].append(torch.get_rng_state())
                         reps[s].append(encode(c))
-            qr, pr = (torch.cat(r).requires_grad_() for r in reps)
-            F.cross_entropy(qr @ pr.T, target).backward()
+            qr, pr = (torch.cat(r).detach().requires_grad_() for r in reps)
+            with autocast():
+                loss = F.cross_entropy(qr @ pr.T, target)
+            loss.backward()
             grads = [g.split(size) for g, size in zip((qr.grad, pr.grad), sizes)]
             for s, side in enumerate(chunks):
                 for c, state, g in zip(side, states[s], grads[s]):
@@ -93,8 +104,8 @@ else:
     p = torch.randint(1000, 30000, (a.batch, a.plen))
 
     def forward():
-        with torch.no_grad():
-            model(input_ids=p, attention_mask=torch.ones_like(p)).last_hidden_state[:, 0].numpy()
+        with torch.no_grad(), autocast():
+            model(input_ids=p, attention_mask=torch.ones_like(p)).last_hidden_state[:, 0].float().numpy()
 
     sec = best_of([forward], a.steps)[0]
     results = [dict(out, stepSeconds=sec, passagesPerSecond=a.batch / sec)]

@@ -83,7 +83,8 @@ export const FLAGS: readonly Flag[] = [
   { name: 'save_total_limit', kind: 'int', default: null, help: 'keep at most N checkpoints', scripts: T, group: 'training' },
   { name: 'seed', kind: 'int', default: 42, help: 'random seed', scripts: ['train', 'mine'], group: 'training' },
   { name: 'gradient_accumulation_steps', kind: 'int', default: 1, help: 'micro-batches per optimizer step', scripts: T, group: 'training' },
-  { name: 'fp16', kind: 'bool', default: false, help: 'accepted; tfjs has no float16, so training stays in float32 (a warning says so)', scripts: TE, group: 'training' },
+  { name: 'bf16', kind: 'bool', default: false, help: 'bfloat16 matrix products, float32 weights/optimizer/loss (CPUs with bf16 instructions, GPUs; else float32 with a warning)', scripts: TE, group: 'training' },
+  { name: 'fp16', kind: 'bool', default: false, help: 'float16 matrix products with dynamic loss scaling (GPUs; on a CPU: bfloat16 where it can, else float32, with a warning)', scripts: TE, group: 'training' },
   { name: 'dataloader_num_workers', kind: 'int', default: 0, help: 'accepted for compatibility', scripts: TE, group: 'training' },
   { name: 'local_rank', kind: 'int', default: -1, help: "this process's rank on its node, as python -m torch.distributed.launch passes it (must agree with LOCAL_RANK when that is set)", scripts: TE, group: 'training' },
   { name: 'ddp_timeout', kind: 'int', default: 1800, help: 'seconds a rank waits for the others in a collective, and the longest any rank may stay silent (stopped, frozen) before the job stops naming it', scripts: T, group: 'training' },
@@ -290,6 +291,7 @@ function validate(a: Args, script: Script): Args {
     return a;
   }
   need('model_name_or_path', 'the model to start from (a directory or a hub id such as bert-base-uncased)');
+  if (a.bf16 && a.fp16) throw new Error('--bf16 and --fp16 both given: pick one (--bf16 on CPUs and recent GPUs, --fp16 on GPUs)');
   positive('q_max_len');
   positive('p_max_len');
   if ((a.q_max_len as number) < 3 || (a.p_max_len as number) < 3) throw new Error('--q_max_len and --p_max_len must leave room for [CLS], [SEP] and a token (>= 3)');

@@ -5,6 +5,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { ProcessGroup } from './dist/group.ts';
 import { contrastiveLoss, type LossOptions } from './loss.ts';
+import { lossScaleSeed } from './lossscale.ts';
 
 /** Every rank's rows of `local` [rows, d], concatenated in rank order, as a constant [W·rows, d]. */
 export async function allGatherRows(local: tf.Tensor2D, group: ProcessGroup): Promise<tf.Tensor2D> {
@@ -29,12 +30,14 @@ export interface RepLossOptions extends Omit<LossOptions, 'scale'> {
   group?: ProcessGroup;
   /** Gather representations across the group (Tevatron's --negatives_x_device). */
   negativesXDevice?: boolean;
+  /** Dynamic loss scaling (--fp16): the gradients are of lossScale × loss; the reported loss is not. */
+  lossScale?: number;
 }
 
 export interface RepLoss {
   /** The loss to log: the global loss with negatives_x_device (identical on every rank), else the local one. */
   loss: number;
-  /** d(loss·W)/dq and d(loss·W)/dp for the local rows (W = 1 without negatives_x_device). */
+  /** d(loss·W·lossScale)/dq and d(loss·W·lossScale)/dp for the local rows (W = 1 without negatives_x_device). */
   dq: tf.Tensor2D;
   dp: tf.Tensor2D;
 }
@@ -44,10 +47,11 @@ export async function lossAndRepGradients(q: tf.Tensor2D, p: tf.Tensor2D, opts: 
   const group = opts.group;
   const gather = opts.negativesXDevice === true && group !== undefined && group.worldSize > 1;
   const lossOpts = { temperature: opts.temperature };
+  const seed = lossScaleSeed(opts.lossScale);
   if (!gather) {
-    const { value, grads } = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor) => contrastiveLoss(a as tf.Tensor2D, b as tf.Tensor2D, lossOpts))([q, p]);
+    const { value, grads } = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor) => contrastiveLoss(a as tf.Tensor2D, b as tf.Tensor2D, lossOpts))([q, p], seed);
     const loss = (await value.data())[0];
-    value.dispose();
+    tf.dispose([value, seed]);
     return { loss, dq: grads[0] as tf.Tensor2D, dp: grads[1] as tf.Tensor2D };
   }
   const [allQ, allP] = [await allGatherRows(q, group), await allGatherRows(p, group)];
@@ -57,8 +61,8 @@ export async function lossAndRepGradients(q: tf.Tensor2D, p: tf.Tensor2D, opts: 
       ...lossOpts,
       scale: W,
     }),
-  )([q, p]);
+  )([q, p], seed);
   const loss = (await value.data())[0] / W;
-  tf.dispose([value, allQ, allP]);
+  tf.dispose([value, allQ, allP, seed]);
   return { loss, dq: grads[0] as tf.Tensor2D, dp: grads[1] as tf.Tensor2D };
 }

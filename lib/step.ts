@@ -5,6 +5,7 @@ import type { TokenBatch } from './data/collator.ts';
 import type { ProcessGroup } from './dist/group.ts';
 import { gradCacheStep } from './gradcache.ts';
 import { contrastiveLoss } from './loss.ts';
+import { lossScaleSeed } from './lossscale.ts';
 import type { BiEncoder, ParamMap } from './model/types.ts';
 import { foldIn, type DropoutRng, type Key } from './random.ts';
 import { gradients } from './tape.ts';
@@ -22,6 +23,8 @@ export interface StepOptions {
   temperature?: number;
   group?: ProcessGroup;
   negativesXDevice?: boolean;
+  /** Dynamic loss scaling (--fp16): gradients are of lossScale × loss; the reported loss is unscaled. */
+  lossScale?: number;
 }
 
 export interface StepResult {
@@ -73,14 +76,18 @@ export async function fullBatchStep(model: BiEncoder, params: ParamMap, batch: T
   if (opts.negativesXDevice && opts.group && opts.group.worldSize > 1) {
     return gradCacheStep(model, params, batch, { ...opts, qChunkSize: batch.queries.rows, pChunkSize: batch.passages.rows });
   }
-  const { value, grads } = paramGradients(params, () =>
-    contrastiveLoss(
-      model.encodeQuery(params, batch.queries, sideRng(opts, 0, batch.queries.rows)),
-      model.encodePassage(params, batch.passages, sideRng(opts, 1, batch.passages.rows)),
-      { temperature: opts.temperature },
-    ),
+  const seed = lossScaleSeed(opts.lossScale);
+  const { value, grads } = paramGradients(
+    params,
+    () =>
+      contrastiveLoss(
+        model.encodeQuery(params, batch.queries, sideRng(opts, 0, batch.queries.rows)),
+        model.encodePassage(params, batch.passages, sideRng(opts, 1, batch.passages.rows)),
+        { temperature: opts.temperature },
+      ),
+    seed,
   );
   const loss = (await value.data())[0];
-  value.dispose();
+  tf.dispose([value, seed]);
   return { loss, grads };
 }

@@ -1,10 +1,11 @@
 // One optimizer step as a function of a value: (state, batches) -> (next state, metrics). Composes the
-// plain or grad-cache gradient, micro-batch accumulation, the cross-rank average, clipping, the
-// learning-rate schedule and AdamW.
+// plain or grad-cache gradient, micro-batch accumulation, the cross-rank average, dynamic loss scaling
+// (--fp16), clipping, the learning-rate schedule and AdamW.
 import * as tf from '@tensorflow/tfjs';
 import type { ProcessGroup } from './dist/group.ts';
 import { allReduceParams } from './dist/tensors.ts';
 import { gradCacheStep } from './gradcache.ts';
+import { initLossScale, updateLossScale, type LossScaleConfig, type LossScaleState } from './lossscale.ts';
 import type { BiEncoder, ParamMap } from './model/types.ts';
 import { adamwStep, clipByGlobalNorm, disposeParams, lrMultiplier, type AdamWConfig, type AdamWState, type ScheduleType } from './optim.ts';
 import { foldIn, type Key } from './random.ts';
@@ -15,6 +16,8 @@ export interface TrainState {
   optimizer: AdamWState;
   /** The run's random key; step s draws dropout from foldIn(key, s). */
   key: Key;
+  /** With loss scaling (TrainConfig.lossScale); absent: it starts at the config's initial scale. */
+  lossScale?: LossScaleState;
 }
 
 export interface TrainConfig {
@@ -32,12 +35,17 @@ export interface TrainConfig {
   temperature?: number;
   group?: ProcessGroup;
   negativesXDevice?: boolean;
+  /** Dynamic loss scaling (--fp16 products); null or absent: none. */
+  lossScale?: LossScaleConfig | null;
 }
 
 export interface StepMetrics {
   loss: number;
   gradNorm: number;
   learningRate: number;
+  /** Loss scaling only: the scale after this step, and whether the step overflowed and was skipped. */
+  lossScale?: number;
+  skipped?: boolean;
 }
 
 /**
@@ -47,6 +55,7 @@ export interface StepMetrics {
  */
 export async function stepGradients(model: BiEncoder, state: TrainState, batches: TrainBatch[], cfg: TrainConfig): Promise<{ grads: ParamMap; loss: number }> {
   const step = state.optimizer.step;
+  const scaler = cfg.lossScale ? (state.lossScale ?? initLossScale(cfg.lossScale)) : null;
   let grads: ParamMap | null = null;
   let loss = 0;
   for (let i = 0; i < batches.length; i++) {
@@ -55,14 +64,17 @@ export async function stepGradients(model: BiEncoder, state: TrainState, batches
       temperature: cfg.temperature,
       group: cfg.group,
       negativesXDevice: cfg.negativesXDevice,
+      lossScale: scaler?.scale,
     };
     const res = cfg.gradCache ? await gradCacheStep(model, state.params, batches[i], { ...opts, ...cfg.gradCache }) : await fullBatchStep(model, state.params, batches[i], opts);
     loss += res.loss / batches.length;
     grads = accumulate(grads, res.grads);
   }
-  if (batches.length > 1 || !Number.isFinite(loss)) {
+  // one division for the micro-batch mean and the loss scale (a power of two: exact)
+  const divisor = batches.length * (scaler?.scale ?? 1);
+  if (divisor !== 1 || !Number.isFinite(loss)) {
     const summed = grads!;
-    grads = Object.fromEntries(Object.entries(summed).map(([k, g]) => [k, Number.isFinite(loss) ? tf.div(g, batches.length) : tf.mul(g, NaN)]));
+    grads = Object.fromEntries(Object.entries(summed).map(([k, g]) => [k, Number.isFinite(loss) ? tf.div(g, divisor) : tf.mul(g, NaN)]));
     disposeParams(summed);
   }
   if (cfg.group && cfg.group.worldSize > 1) {
@@ -76,14 +88,17 @@ export async function stepGradients(model: BiEncoder, state: TrainState, batches
 /**
  * One optimizer step over one or more micro-batches (gradient accumulation averages them). Consumes
  * `state`: its parameter and moment tensors are disposed once the next ones exist (memory is the limit).
- * A loss or gradient norm that is not finite is an error naming the step, thrown before any update:
- * `state` is then left as it was, and nothing non-finite reaches a checkpoint.
+ * With loss scaling, a finite loss whose scaled gradients overflow skips the step and halves the scale
+ * (GradScaler). Otherwise a loss or gradient norm that is not finite is an error naming the step, thrown
+ * before any update: `state` is then left as it was, and nothing non-finite reaches a checkpoint.
  */
 export async function trainStep(model: BiEncoder, state: TrainState, batches: TrainBatch[], cfg: TrainConfig): Promise<{ state: TrainState; metrics: StepMetrics }> {
   const step = state.optimizer.step;
+  const scaler = cfg.lossScale ? (state.lossScale ?? initLossScale(cfg.lossScale)) : null;
   const { grads, loss } = await stepGradients(model, state, batches, cfg);
   const clipped = clipByGlobalNorm(grads, cfg.maxGradNorm);
-  if (!Number.isFinite(loss) || !Number.isFinite(clipped.norm)) {
+  const overflow = scaler !== null && Number.isFinite(loss) && !Number.isFinite(clipped.norm);
+  if (!overflow && (!Number.isFinite(loss) || !Number.isFinite(clipped.norm))) {
     if (clipped.grads !== grads) disposeParams(clipped.grads);
     disposeParams(grads);
     const where = cfg.group && cfg.group.worldSize > 1 ? ` (on rank ${cfg.group.rank}; every rank stops at this step)` : '';
@@ -92,9 +107,20 @@ export async function trainStep(model: BiEncoder, state: TrainState, batches: Tr
         'so nothing non-finite is saved (checkpoints already written stay); lower --learning_rate, keep --max_grad_norm > 0, or check the data',
     );
   }
-  const learningRate = cfg.adamw.lr * lrMultiplier(cfg.schedule, step, cfg.warmupSteps, cfg.totalSteps);
-  const next = adamwStep(state.params, clipped.grads, state.optimizer, { ...cfg.adamw, lr: learningRate });
+  // skipped steps (overflow) advance the global step but neither AdamW's step count nor the schedule,
+  // as Hugging Face's Trainer does when GradScaler skips optimizer.step()
+  const applied = step - (scaler?.skipped ?? 0);
+  const learningRate = cfg.adamw.lr * lrMultiplier(cfg.schedule, applied, cfg.warmupSteps, cfg.totalSteps);
+  let next = { params: state.params, state: { ...state.optimizer, step: step + 1 } };
+  if (!overflow) {
+    const updated = adamwStep(state.params, clipped.grads, { ...state.optimizer, step: applied }, { ...cfg.adamw, lr: learningRate });
+    disposeParams(state.params, state.optimizer.m, state.optimizer.v);
+    next = { params: updated.params, state: { ...updated.state, step: step + 1 } };
+  }
   if (clipped.grads !== grads) disposeParams(clipped.grads);
-  disposeParams(grads, state.params, state.optimizer.m, state.optimizer.v);
-  return { state: { ...state, params: next.params, optimizer: next.state }, metrics: { loss, gradNorm: clipped.norm, learningRate } };
+  disposeParams(grads);
+  const metrics: StepMetrics = { loss, gradNorm: clipped.norm, learningRate };
+  if (!scaler) return { state: { ...state, params: next.params, optimizer: next.state }, metrics };
+  const lossScale = updateLossScale(scaler, !overflow, cfg.lossScale!);
+  return { state: { ...state, params: next.params, optimizer: next.state, lossScale }, metrics: { ...metrics, lossScale: lossScale.scale, skipped: overflow } };
 }

@@ -36,10 +36,14 @@ export interface LogRecord {
   learning_rate: number;
   grad_norm: number;
   samples_per_second: number;
+  /** With loss scaling (--fp16): the scale after the step. */
+  loss_scale?: number;
 }
 
 export interface LoopHooks {
   onLog?(record: LogRecord): void | Promise<void>;
+  /** A step whose scaled gradients overflowed (--fp16): skipped; `lossScale` is the halved scale. */
+  onSkip?(step: number, lossScale: number): void | Promise<void>;
   /** After every optimizer step (e.g. evaluation every eval_steps). */
   onStep?(state: TrainState, step: number, epoch: number, final: boolean): void | Promise<void>;
   /**
@@ -100,6 +104,7 @@ export async function trainLoop(
       step = state.optimizer.step;
       window.loss += res.metrics.loss;
       window.steps += 1;
+      if (res.metrics.skipped) await hooks.onSkip?.(step, res.metrics.lossScale!);
       const epochFloat = step / plan.perEpoch;
       if (step % o.loggingSteps === 0 || step === plan.total) {
         await hooks.onLog?.({
@@ -109,6 +114,7 @@ export async function trainLoop(
           learning_rate: res.metrics.learningRate,
           grad_norm: res.metrics.gradNorm,
           samples_per_second: (window.steps * accum * o.batchSize * W) / window.seconds,
+          ...(res.metrics.lossScale !== undefined ? { loss_scale: res.metrics.lossScale } : {}),
         });
         window = { loss: 0, steps: 0, seconds: 0 };
       }

@@ -3,18 +3,21 @@
 // streamed: only this shard's rows are tokenized, and rows are written batch by batch as they are encoded.
 // Under launch.ts (torchrun, SLURM, mpirun) each of the W processes encodes its own part, to its own file.
 import { encodeToFile, rankPath, rankShard, shardOf } from '../lib/encode.ts';
-import { initBackend, type BackendChoice } from '../lib/backend.ts';
+import { backendInfo, initBackend, type BackendChoice } from '../lib/backend.ts';
 import { runScript, scriptArgs } from '../lib/cli.ts';
 import { toEncodeItem } from '../lib/data/load.ts';
 import { streamRows } from '../lib/data/stream.ts';
 import { rankFromEnv } from '../lib/dist/env.ts';
 import { exampleOptionsFromArgs, loadDenseModel, modelRequestFromArgs } from '../lib/model/pretrained.ts';
+import { choosePrecision, precisionEnvironment } from '../lib/precision.ts';
 
 await runScript('encode', async () => {
   const a = scriptArgs('encode');
   const { rank, worldSize, source } = rankFromEnv(process.env, a.local_rank as number); // --local_rank must agree with LOCAL_RANK
   const backend = await initBackend(a.backend as BackendChoice);
-  const loaded = await loadDenseModel({ ...modelRequestFromArgs(a), detectUntied: true });
+  const precision = choosePrecision({ bf16: a.bf16 as boolean, fp16: a.fp16 as boolean }, precisionEnvironment(backendInfo()));
+  precision.warnings.forEach((w) => console.error(w));
+  const loaded = await loadDenseModel({ ...modelRequestFromArgs(a), detectUntied: true, precision: precision.precision });
   loaded.notes.forEach((n) => console.error(n));
   if (loaded.notes.some((n) => n.includes('initialising'))) throw new Error(`${loaded.dir} holds no trained weights; encode with a trained model directory`);
   const tok = loaded.tokenizer;
@@ -53,5 +56,5 @@ await runScript('encode', async () => {
   if (tty) process.stderr.write('\n');
   if (repeated) console.error(`warning: ${repeated} row(s) repeat an id listed before (e.g. ${example}); search lists each docid once, with its best score, and evaluation counts it once`);
   const seconds = (performance.now() - started) / 1000;
-  console.log(`encoded ${count} ${isQuery ? 'queries' : 'passages'} (shard ${index + 1}/${shards}) on ${backend} in ${seconds.toFixed(1)} s (${(count / seconds).toFixed(0)}/s) to ${savePath}`);
+  console.log(`encoded ${count} ${isQuery ? 'queries' : 'passages'} (shard ${index + 1}/${shards}) on ${backend}${precision.precision === 'float32' ? '' : ` (${precision.precision} products)`} in ${seconds.toFixed(1)} s (${(count / seconds).toFixed(0)}/s) to ${savePath}`);
 });

@@ -4,10 +4,12 @@
 //   1. TensorFlow: `pip download` the wheel (tensorflow-cpu, or tensorflow plus its CUDA 12 wheels), keep
 //      only the two shared libraries, the C API headers (and the CUDA libraries) in a cache folder outside
 //      the repository -- or use an existing install (--tensorflow-dir).
-//   2. Binding: compile the installed package's own binding/*.cc with node-gyp, linked to those libraries
-//      with an rpath to them (no LD_LIBRARY_PATH needed); the result is cached per sources/TF/platform.
+//   2. Binding: compile the installed package's own binding/*.cc, patched by native/*.patch and joined by
+//      tevatron-ts's entry points native/*.cc (mixed-precision products), with node-gyp, linked to those
+//      libraries with an rpath to them (no LD_LIBRARY_PATH needed); the result is cached per
+//      sources/patch/TF/platform.
 //   3. Install it where the package's node-pre-gyp looks (lib/napi-v8/tfjs_binding.node), then load it
-//      in a child process and run a matMul.
+//      in a child process, run a matMul and check every entry point of native/ is there.
 // Every failure is one line naming the cause and the fix. `--optional` (the npm install hook) reports a
 // failure and exits 0, so a machine without Python or a compiler still installs and uses wasm/cpu.
 import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
@@ -18,9 +20,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { applyHunks, nativeExtensions, parseUnifiedDiff, type NativeExtensions } from './native-extensions.ts';
 
 const TF_VERSION = '2.21.0';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const NATIVE = nativeExtensions(path.join(ROOT, 'native'));
+// native/tevatron_fused.cc: sqrt without errno, so its loops vectorize (the binding reads no errno)
+const BINDING_CFLAGS = ['-fno-math-errno'];
 const HELP = `usage: npm run setup:tensorflow -- [--gpu] [--tensorflow-dir DIR | --wheel FILE] [--force]
 
 Builds the tensorflow backend: @tensorflow/tfjs-node's binding against TensorFlow ${TF_VERSION} from its pip wheel.
@@ -457,10 +463,34 @@ NAPI_MODULE_INIT() {
 }
 `;
 
+/**
+ * Patches the copied binding sources in `bindingDir` with native/*.patch and adds native/*.cc and *.h.
+ * The patches are written against the pinned tfjs-node version: one that does not apply is an error
+ * naming the hunk, never a binding silently built without tevatron-ts's entry points.
+ */
+function addExtensions(bindingDir: string, pkg: TfjsNodePackage, ext: NativeExtensions): void {
+  for (const patch of ext.patches) {
+    for (const [file, hunks] of parseUnifiedDiff(fs.readFileSync(patch, 'utf8'))) {
+      const target = path.join(bindingDir, path.basename(file));
+      if (!file.startsWith('binding/') || !fs.existsSync(target)) {
+        throw new SetupError(`${path.relative(ROOT, patch)} patches ${file}, which ${pkg.name}@${pkg.version} does not have: the patch is for the version package.json pins; reinstall it (npm ci)`);
+      }
+      try {
+        fs.writeFileSync(target, applyHunks(fs.readFileSync(target, 'utf8'), hunks, file));
+      } catch (err) {
+        throw new SetupError(`${path.relative(ROOT, patch)}: ${(err as Error).message} in ${pkg.name}@${pkg.version}: the patch is for the version package.json pins; reinstall it (npm ci)`);
+      }
+    }
+  }
+  for (const f of [...ext.sources, ...ext.headers]) fs.copyFileSync(f, path.join(bindingDir, path.basename(f)));
+}
+
 /** Compiles the binding and the stderr addon; returns the cache folder holding both .node files. */
 function buildBinding(pkg: TfjsNodePackage, tf: TensorflowLayout, opts: Options): string {
   const key = hashOf([
     STDIO_SOURCE,
+    ...NATIVE.files.flatMap((f) => [path.basename(f), fs.readFileSync(f)]),
+    ...BINDING_CFLAGS,
     pkg.name,
     pkg.version,
     ...[...pkg.sources, ...pkg.headers].map((f) => fs.readFileSync(f)),
@@ -487,6 +517,7 @@ function buildBinding(pkg: TfjsNodePackage, tf: TensorflowLayout, opts: Options)
   try {
     fs.mkdirSync(path.join(tmp, 'binding'));
     for (const f of [...pkg.sources, ...pkg.headers]) fs.copyFileSync(f, path.join(tmp, 'binding', path.basename(f)));
+    addExtensions(path.join(tmp, 'binding'), pkg, NATIVE);
     // -ltensorflow resolves to the C API library through these links; the binding's NEEDED entries
     // are the libraries' sonames (libtensorflow_cc.so.2, ...), found at run time through the rpath.
     const linkDir = path.join(tmp, 'tflib');
@@ -497,9 +528,10 @@ function buildBinding(pkg: TfjsNodePackage, tf: TensorflowLayout, opts: Options)
       targets: [
         {
           target_name: 'tfjs_binding',
-          sources: pkg.sources.map((f) => `binding/${path.basename(f)}`),
+          sources: [...pkg.sources, ...NATIVE.sources].map((f) => `binding/${path.basename(f)}`),
           include_dirs: [tf.includeDir],
           defines: [`NAPI_VERSION=${pkg.napiVersion}`],
+          cflags_cc: BINDING_CFLAGS,
           libraries: [`-L${linkDir}`, '-ltensorflow', '-ltensorflow_framework', `-Wl,-rpath,${tf.libDir}`, ...cudaLinkFlags(tf)],
         },
         { target_name: STDIO_ADDON, sources: [`tevatron/${STDIO_ADDON}.c`], defines: [`NAPI_VERSION=${pkg.napiVersion}`] },
@@ -556,8 +588,9 @@ function install(buildDir: string, pkg: TfjsNodePackage): boolean {
 }
 
 /**
- * Loads the package in a child process (a crash there must not take this one down), runs a matMul, and
- * checks that the stderr addon moves fd 2 and back.
+ * Loads the package in a child process (a crash there must not take this one down), runs a matMul and
+ * native/'s mixed-precision product, and checks that every entry point of native/ is exported and that
+ * the stderr addon moves fd 2 and back.
  */
 function verify(pkg: TfjsNodePackage): { version: string; gpu: boolean } {
   const stdio = path.join(path.dirname(pkg.bindingPath), `${STDIO_ADDON}.node`);
@@ -573,10 +606,15 @@ function verify(pkg: TfjsNodePackage): { version: string; gpu: boolean } {
     const tf = require(${JSON.stringify(pkg.name)});
     const out = Array.from(tf.matMul(tf.tensor2d([[1, 2], [3, 4]]), tf.tensor2d([[5], [6]])).dataSync());
     const b = tf.backend();
-    console.log(JSON.stringify({ backend: tf.getBackend(), version: b.binding.TF_Version, gpu: !!b.isUsingGpuDevice, out, moved }));`;
+    const exported = b.binding.tevatronExports ?? [];
+    // native/tevatron_mixed.cc: the same product in bfloat16 (14), exact for these small integers
+    const mixed = typeof b.binding.mixedMatMul === 'function'
+      ? Array.from(b.createOutputTensor(b.binding.mixedMatMul(...b.getInputTensorIds([tf.tensor2d([[1, 2], [3, 4]]), tf.tensor2d([[5], [6]])]), -1, false, false, 14, 0)).dataSync())
+      : null;
+    console.log(JSON.stringify({ backend: tf.getBackend(), version: b.binding.TF_Version, gpu: !!b.isUsingGpuDevice, out, moved, exported, mixed }));`;
   const res = run(process.execPath, ['-e', code], { cwd: ROOT, timeoutS: 300, env: { ...process.env, TF_CPP_MIN_LOG_LEVEL: process.env.TF_CPP_MIN_LOG_LEVEL ?? '2' } });
   const line = res?.stdout.trim().split('\n').at(-1) ?? '';
-  let got: { backend?: string; version?: string; gpu?: boolean; out?: number[]; moved?: boolean } = {};
+  let got: { backend?: string; version?: string; gpu?: boolean; out?: number[]; moved?: boolean; exported?: string[]; mixed?: number[] | null } = {};
   try {
     got = JSON.parse(line);
   } catch {
@@ -587,6 +625,9 @@ function verify(pkg: TfjsNodePackage): { version: string; gpu: boolean } {
     throw new SetupError(`the built binding loads but computes wrongly (backend ${got.backend}, [[1,2],[3,4]]x[[5],[6]] = ${got.out}): rerun with --force`);
   }
   if (!got.moved) throw new SetupError(`${STDIO_ADDON}.node does not redirect stderr: rerun with --force`);
+  const missing = NATIVE.exports.filter((name) => !got.exported?.includes(name));
+  if (missing.length) throw new SetupError(`the built binding lacks the entry points ${missing.join(', ')} of native/: rerun with --force`);
+  if (got.mixed?.join() !== '17,39') throw new SetupError(`the built binding's mixedMatMul computes [[1,2],[3,4]]x[[5],[6]] = ${got.mixed} in bfloat16: rerun with --force`);
   return { version: got.version ?? 'unknown', gpu: got.gpu ?? false };
 }
 

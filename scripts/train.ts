@@ -20,6 +20,8 @@ import { appendMetrics, prepareOutputDir, readCheckpoint, resolveResume, truncat
 import { modelCard } from '../lib/model/card.ts';
 import { writeAtomic } from '../lib/model/hub.ts';
 import { hubFiles, preparePush, pushCommand, pushFiles } from '../lib/model/upload.ts';
+import { GRAD_SCALER_DEFAULTS, lossScaleFromJson } from '../lib/lossscale.ts';
+import { choosePrecision, precisionEnvironment } from '../lib/precision.ts';
 import { keyFromSeed } from '../lib/random.ts';
 import { reportHtml } from '../lib/report.ts';
 import { defaultLoggingDir, openTensorboard, type ReportTo } from '../lib/tensorboard.ts';
@@ -54,13 +56,14 @@ await runScript('train', async () => {
   const outputDir = a.output_dir as string;
   const resume = a.resume_from_checkpoint as string | null;
   if (main) prepareOutputDir(outputDir, { resume: resume !== null, overwrite: a.overwrite_output_dir as boolean }).forEach(say);
-  if (a.fp16) say('warning: --fp16 ignored: TensorFlow.js has no float16 kernels, training runs in float32');
   // Before any work, as Hugging Face's Trainer does at init: a missing token, no rights or no network fail now.
   const push = main && a.push_to_hub
     ? await preparePush({ hubModelId: a.hub_model_id as string | null, outputDir, token: a.hub_token as string | null, private: a.hub_private_repo as boolean | null })
     : null;
   if (push) say(`pushing to ${push.endpoint}/${push.repo} (${a.hub_strategy === 'end' ? 'at the end' : 'at every save and at the end'})`);
   await initBackend(a.backend as BackendChoice);
+  const precision = choosePrecision({ bf16: a.bf16 as boolean, fp16: a.fp16 as boolean }, precisionEnvironment(backendInfo()));
+  precision.warnings.forEach(say);
   // A peer that dies or freezes ends this rank at once, also between collectives (during an evaluation,
   // a checkpoint), so that no rank waits out the timeout of its next collective.
   const onFailure = (e: Error) => {
@@ -69,7 +72,7 @@ await runScript('train', async () => {
   };
   const group: ProcessGroup = info.worldSize > 1 ? await connectTcpGroup(info, { timeoutMs: (a.ddp_timeout as number) * 1000, onFailure }) : singleProcessGroup();
 
-  const loaded = await loadDenseModel(modelRequestFromArgs(a));
+  const loaded = await loadDenseModel({ ...modelRequestFromArgs(a), precision: precision.precision });
   loaded.notes.forEach(say);
   const tok = loaded.tokenizer;
   const exampleOpts = exampleOptionsFromArgs(tok, a);
@@ -97,6 +100,7 @@ await runScript('train', async () => {
   checkExamples(examples, a.train_n_passages as number);
   const how = data.fromCache ? `opened from the tokenized store ${data.fromCache}` : `tokenized${data.workers > 0 ? ` by ${data.workers} worker threads` : ''}${data.store ? ` into ${data.store.dir}` : ''}`;
   say(`backend ${describeBackend()}; ${examples.length} training queries ${how} in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  say(`precision: ${precision.description}`);
   const evalSet = main && a.eval_queries ? loadEvalSet(a.eval_queries as string, a.eval_corpus as string, a.eval_qrels as string | null, exampleOpts) : null;
   const evalSteps = (a.eval_steps ?? a.logging_steps) as number;
 
@@ -107,6 +111,7 @@ await runScript('train', async () => {
     const dir = resolveResume(resume, outputDir);
     const ckpt = await readCheckpoint(dir, a.untie_encoder as boolean, loaded.params);
     state = { params: ckpt.params, optimizer: ckpt.optimizer, key: state.key };
+    if (precision.lossScaling && ckpt.state.loss_scale !== undefined) state.lossScale = lossScaleFromJson(ckpt.state.loss_scale, path.join(dir, 'trainer_state.json'));
     history = ckpt.state.log_history;
     runLoggingDir = typeof ckpt.state.logging_dir === 'string' ? ckpt.state.logging_dir : null;
     say(`resuming from ${dir} at step ${ckpt.state.global_step}`);
@@ -142,9 +147,9 @@ await runScript('train', async () => {
   const loggingDir = (a.logging_dir as string | null) ?? runLoggingDir ?? defaultLoggingDir(outputDir);
   const tb = main ? openTensorboard({ reportTo: a.report_to as ReportTo, dir: loggingDir, resume: resume !== null }) : null;
   if (tb?.note) say(tb.note);
-  const trainerState = (step: number, epoch: number): TrainerState => ({
+  const trainerState = (step: number, epoch: number, s: TrainState): TrainerState => ({
     global_step: step, epoch, max_steps: plan.total, seed: a.seed as number, backend: backendInfo(), world_size: group.worldSize,
-    train_batch_size: loop.batchSize, logging_dir: loggingDir, log_history: history,
+    train_batch_size: loop.batchSize, precision: precision.precision, ...(s.lossScale ? { loss_scale: s.lossScale } : {}), logging_dir: loggingDir, log_history: history,
   });
   const writeCard = () => writeAtomic(path.join(outputDir, 'README.md'), modelCard({
     args: a, settings: loaded.settings, pooler: loaded.options.pooler ?? null, fromScratch: loaded.fromScratch, worldSize: group.worldSize, plan, history,
@@ -172,8 +177,10 @@ await runScript('train', async () => {
       temperature: loaded.settings.temperature,
       group,
       negativesXDevice: a.negatives_x_device as boolean,
+      lossScale: precision.lossScaling ? GRAD_SCALER_DEFAULTS : null,
     },
     {
+      onSkip: (step, scale) => say(`step ${step}: the gradients overflowed in float16; step skipped, loss scale now ${scale}`),
       onLog: async (r: LogRecord) => {
         if (!main) return;
         history.push({ ...r });
@@ -199,7 +206,7 @@ await runScript('train', async () => {
       onSave: async (s, step, epoch, final) => {
         if (!main) return;
         // (a run resumed at its last step is saved as the final model; its checkpoint is where it resumed from)
-        const checkpoint = step % loop.saveSteps === 0 && step !== firstStep ? await writeCheckpoint(outputDir, saved(s.params), s.optimizer, trainerState(step, epoch), a.save_total_limit as number | null) : null;
+        const checkpoint = step % loop.saveSteps === 0 && step !== firstStep ? await writeCheckpoint(outputDir, saved(s.params), s.optimizer, trainerState(step, epoch, s), a.save_total_limit as number | null) : null;
         if (push && checkpoint && !final && a.hub_strategy === 'every_save') {
           await writeCard();
           // A failed push mid-run costs nothing that the push at the end does not redo: training goes on.
@@ -212,7 +219,7 @@ await runScript('train', async () => {
         if (process.env.TEVATRON_TEST_KILL_AT_SAVE === String(step)) process.kill(process.pid, 'SIGKILL');
         if (final) {
           await writeModel(outputDir, saved(s.params), true);
-          await writeFile(path.join(outputDir, 'trainer_state.json'), JSON.stringify(trainerState(step, epoch), null, 2) + '\n');
+          await writeFile(path.join(outputDir, 'trainer_state.json'), JSON.stringify(trainerState(step, epoch, s), null, 2) + '\n');
           await report();
           await writeCard();
           clearBar();

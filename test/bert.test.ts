@@ -9,7 +9,8 @@ import { denseBiEncoder, initDenseParams, type DenseOptions } from '../lib/model
 import { parseSafetensors } from '../lib/model/safetensors.ts';
 import type { ParamMap } from '../lib/model/types.ts';
 import { fullBatchStep, paramGradients } from '../lib/step.ts';
-import { backend, close, disposeAll, maxRelativeError, randomBatch } from './helpers.ts';
+import { nativeElementwise } from '../lib/native.ts';
+import { backend, close, disposeAll, maxRelativeError, randomBatch, testUnless } from './helpers.ts';
 
 // test/fixtures/make_tiny_bert.py: a tiny BertModel and what transformers computes with it
 const dir = new URL('./fixtures/tiny-bert/', import.meta.url);
@@ -159,6 +160,50 @@ test('LayerNorm and the activations equal hand-computed values; their gradients 
   assert.ok(maxAbsDiff(dw, wv.map((_, i) => fd((d) => lnRef(xv, wv.map((v, j) => (j === i ? v + d : v)))))) < 1e-4, 'layerNorm dweight');
   assert.ok(maxAbsDiff(db, coef) < 1e-6, 'layerNorm dbias');
   tf.dispose([x, y, pts, grad, xs, ws, bs, dx, dw, db]);
+});
+
+testUnless(nativeElementwise() ? null : `the ${backend} backend runs the composed ops (tested above)`, 'one-pass GELU and layer norm (tensorflow, several threads, widths off the vector length) equal float64 references', () => {
+  tf.tidy(() => {
+    // GELU over 300k values in [-8, 8]: forward and gradient, against erf64 and the closed-form derivative
+    const n = 300_001;
+    const xv = Float32Array.from({ length: n }, (_, i) => -8 + (16 * i) / (n - 1));
+    const dyv = Float32Array.from({ length: n }, (_, i) => Math.cos(i));
+    const [y, dx] = [hiddenActivation('gelu')(tf.tensor1d(xv)), tf.grad((t: tf.Tensor) => hiddenActivation('gelu')(t))(tf.tensor1d(xv), tf.tensor1d(dyv))];
+    const [yv, dxv] = [y.dataSync(), dx.dataSync()];
+    let worst = 0;
+    xv.forEach((v, i) => {
+      const cdf = (1 + erf64(v / Math.SQRT2)) / 2;
+      const dgelu = cdf + (v * Math.exp((-v * v) / 2)) / Math.sqrt(2 * Math.PI);
+      worst = Math.max(worst, Math.abs(yv[i] - v * cdf) / Math.max(1, Math.abs(v)), Math.abs(dxv[i] - dyv[i] * dgelu));
+    });
+    assert.ok(worst < 2e-6, `GELU off by ${worst}`);
+    // layer norm of 600 rows × 50 (two slices of rows; 50 = 3·16 + 2) and its gradients
+    const [rows, h] = [600, 50];
+    const x = Float32Array.from({ length: rows * h }, (_, i) => Math.sin(i * 0.37) * (1 + (i % 7)) + (i % h) * 0.01);
+    const w = Float32Array.from({ length: h }, (_, i) => 0.5 + i / h);
+    const b = Float32Array.from({ length: h }, (_, i) => Math.cos(i));
+    const dy = Float32Array.from({ length: rows * h }, (_, i) => Math.sin(i * 1.3));
+    const [out, gx, gw, gb] = [layerNorm(tf.tensor2d(x, [rows, h]), tf.tensor1d(w), tf.tensor1d(b), 1e-12), ...tf.grads((a: tf.Tensor, c: tf.Tensor, d: tf.Tensor) => layerNorm(a, c as tf.Tensor1D, d as tf.Tensor1D, 1e-12))([tf.tensor2d(x, [rows, h]), tf.tensor1d(w), tf.tensor1d(b)], tf.tensor2d(dy, [rows, h]))].map((t) => t.dataSync());
+    const wantW = new Float64Array(h);
+    const wantB = new Float64Array(h);
+    let err = 0;
+    for (let r = 0; r < rows; r++) {
+      const xr = Array.from(x.subarray(r * h, (r + 1) * h));
+      const mean = xr.reduce((s, v) => s + v, 0) / h;
+      const rstd = 1 / Math.sqrt(xr.reduce((s, v) => s + (v - mean) ** 2, 0) / h + 1e-12);
+      const xhat = xr.map((v) => (v - mean) * rstd);
+      const g = xhat.map((_, i) => dy[r * h + i] * w[i]);
+      const meanG = g.reduce((s, v) => s + v, 0) / h;
+      const meanGx = g.reduce((s, v, i) => s + v * xhat[i], 0) / h;
+      xhat.forEach((xh, i) => {
+        err = Math.max(err, Math.abs(out[r * h + i] - (xh * w[i] + b[i])), Math.abs(gx[r * h + i] - rstd * (g[i] - meanG - xh * meanGx)) / Math.max(1, rstd));
+        wantW[i] += dy[r * h + i] * xh;
+        wantB[i] += dy[r * h + i];
+      });
+    }
+    wantW.forEach((v, i) => (err = Math.max(err, Math.abs(gw[i] - v) / rows, Math.abs(gb[i] - wantB[i]) / rows)));
+    assert.ok(err < 1e-5, `layer norm off by ${err}`);
+  });
 });
 
 /** erf to float64 accuracy (Abramowitz–Stegun 7.1.28 is not enough; use the series/continued fraction). */

@@ -5,7 +5,8 @@ import { dropout, embeddingLookup, linear } from '../lib/ops.ts';
 import { dropoutScales, dropoutScalesJs, foldIn } from '../lib/random.ts';
 import { compileKernel } from '../scripts/build-wasm.ts';
 import { readFileSync } from 'node:fs';
-import { close } from './helpers.ts';
+import { nativeElementwise } from '../lib/native.ts';
+import { backend, close, testUnless } from './helpers.ts';
 
 /** Central finite difference of a scalar function of one tensor entry (float64 arithmetic in JS). */
 function finiteDiff(f: (x: Float64Array) => number, x: Float64Array, i: number, h = 1e-3): number {
@@ -92,6 +93,21 @@ test('the wasm dropout kernel draws the JavaScript definition\'s masks, across t
     for (let i = 0; i < ref.length; i++) if (fast[i] !== ref[i]) diff++;
     assert.is(diff, 0, `${rows}×${rowSize}: ${diff} elements differ`);
   }
+});
+
+testUnless(nativeElementwise() ? null : `the ${backend} backend multiplies the masks dropoutScales makes (tested above)`, 'dropout drawn in the binding applies the JavaScript definition\'s mask, element for element, forward and backward', () => {
+  tf.tidy(() => {
+    for (const [shape, rowOffset, rate] of [[[3, 5], 7, 0.5], [[5, 1027], 123, 0.1], [[64, 4, 32, 33], 96, 0.1], [[700, 300], 0, 0.25]] as [number[], number, number][]) {
+      const rng = { key: 2024, rowOffset };
+      const n = shape.reduce((a, b) => a * b);
+      const x = tf.tensor(Float32Array.from({ length: n }, (_, i) => Math.sin(i) * 3), shape);
+      const dy = tf.tensor(Float32Array.from({ length: n }, (_, i) => Math.cos(i)), shape);
+      const mask = tf.tensor(dropoutScalesJs(rng, shape[0], n / shape[0], rate), shape);
+      const [y, dx] = [dropout(x, rate, rng), tf.grad((t: tf.Tensor) => dropout(t, rate, rng))(x, dy)];
+      assert.equal(Array.from(y.dataSync()), Array.from(tf.mul(x, mask).dataSync()), `forward ${shape}`);
+      assert.equal(Array.from(dx.dataSync()), Array.from(tf.mul(dy, mask).dataSync()), `backward ${shape}`);
+    }
+  });
 });
 
 test('lib/dropout-kernel.ts is the compiled lib/dropout-kernel.wat', async () => {

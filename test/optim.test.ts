@@ -21,6 +21,25 @@ function torchAdamW(p: number, grads: number[], c: { lr: number; b1: number; b2:
   return p;
 }
 
+test('AdamW over a large parameter (sliced over the cores where the binding runs it) equals torch.optim.AdamW element by element', () => {
+  const c = { lr: 0.01, beta1: 0.9, beta2: 0.98, eps: 1e-6, weightDecay: 0.1 };
+  const n = 200_003;
+  const p0 = Float32Array.from({ length: n }, (_, i) => Math.sin(i));
+  const gs = [0, 1].map((s) => Float32Array.from({ length: n }, (_, i) => Math.cos(i * (s + 1.7))));
+  let params: ParamMap = { 'dense.weight': tf.tensor1d(p0) };
+  let state = initAdamW(params);
+  for (const g of gs) {
+    const grads = { 'dense.weight': tf.tensor1d(g) };
+    const next = adamwStep(params, grads, state, c);
+    disposeAll(params, grads, state.m, state.v);
+    ({ params, state } = next);
+  }
+  const got = params['dense.weight'].dataSync();
+  for (let i = 0; i < n; i += 997) close(got[i], torchAdamW(p0[i], gs.map((g) => g[i]), { lr: c.lr, b1: c.beta1, b2: c.beta2, eps: c.eps, wd: c.weightDecay }), 1e-6, `p[${i}]`);
+  close(got[n - 1], torchAdamW(p0[n - 1], gs.map((g) => g[n - 1]), { lr: c.lr, b1: c.beta1, b2: c.beta2, eps: c.eps, wd: c.weightDecay }), 1e-6, 'the last element');
+  disposeAll(params, state.m, state.v);
+});
+
 test('AdamW equals torch.optim.AdamW over several steps; no decay for biases and LayerNorm', () => {
   const c = { lr: 0.01, beta1: 0.9, beta2: 0.98, eps: 1e-6, weightDecay: 0.1 };
   const init = { 'dense.weight': [0.5, -1.5], 'dense.bias': [0.25, 2], 'LayerNorm.weight': [1, 1] };

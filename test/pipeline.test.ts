@@ -9,8 +9,9 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { collateSequences } from '../lib/data/collator.ts';
 import { loadDenseModel } from '../lib/model/pretrained.ts';
+import { cpuBf16Instructions, mixedPrecisionSupport } from '../lib/precision.ts';
 import { readEncoded } from '../lib/search.ts';
-import './helpers.ts';
+import { backend } from './helpers.ts';
 
 const root = path.resolve('.');
 const model = path.join(root, 'test/fixtures/tiny-bert');
@@ -65,6 +66,26 @@ test('launch.ts --nproc_per_node 2: each process encodes its shard to its own fi
     const rows = p1.ids.flatMap((_, j) => (j % 2 === r ? Array.from(p1.data.subarray(j * p1.dim, (j + 1) * p1.dim)) : []));
     tf.test_util.expectArraysClose(part.data, rows, 1e-6);
   }
+});
+
+test('encode --bf16: bfloat16 products where this backend and CPU have them (float32 within bfloat16 rounding), else one warning and float32', async () => {
+  const args = ['--model_name_or_path', model, '--p_max_len', '16', '--per_device_eval_batch_size', '4', '--encode_in_path', path.join(dir, 'corpus.jsonl'), '--encode_num_shard', '2', '--encode_shard_index', '1'];
+  const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(root, 'scripts/encode.ts'), ...args, '--encoded_save_path', path.join(dir, 'bf16-p1.st'), '--bf16'], { encoding: 'utf8' });
+  assert.is(r.status, 0, r.stderr);
+  const f32 = readEncoded(path.join(dir, 'p1.st')).data;
+  const bf16 = readEncoded(path.join(dir, 'bf16-p1.st')).data;
+  if (!(mixedPrecisionSupport().ok && cpuBf16Instructions())) {
+    assert.is(r.stderr.match(/^warning: --bf16 ignored: .*; the products run in float32$/gm)?.length, 1, r.stderr);
+    assert.equal(bf16, f32);
+    return;
+  }
+  assert.match(r.stdout, /on tensorflow \(bfloat16 products\)/);
+  // forward only: about 12 products of 3 roundings each (u = 2⁻⁸), √36·u = 6u; the step contract's 16u = 2⁻⁴ bounds it
+  let diff = 0;
+  let norm = 0;
+  f32.forEach((v, i) => ((diff += (bf16[i] - v) ** 2), (norm += v ** 2)));
+  const rel = Math.sqrt(diff / norm);
+  assert.ok(rel <= 2 ** -4 && rel > 2 ** -12, `relative L2 difference ${rel} on ${backend}`);
 });
 
 test('search over the shards and evaluate against qrels and answers', () => {

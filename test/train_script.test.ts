@@ -6,6 +6,7 @@ import path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { parseSafetensors } from '../lib/model/safetensors.ts';
+import { cpuBf16Instructions, mixedPrecisionSupport } from '../lib/precision.ts';
 import { freePort, testUnless } from './helpers.ts';
 
 const root = path.resolve('.');
@@ -31,38 +32,70 @@ function tinyBertNoDropout(): string {
 
 const weights = (file: string) => parseSafetensors(readFileSync(file)).tensors;
 
+const kernels = mixedPrecisionSupport();
+/** What --bf16 (and --fp16 on a CPU) gets here: bfloat16 with the patched binding on a CPU with bf16 instructions. */
+const bf16Here = kernels.ok && cpuBf16Instructions() !== null;
+
 // The contract: with lr 1 and adam_epsilon 1, one step from a fresh state moves p by −g/(|g| + 1), so g = d/(1 − |d|).
-for (const [variant, extra] of [
+function stepGradients(variant: string, extra: string[]): { got: Record<string, Float32Array>; expected: Record<string, Float32Array> } {
+  const model = tinyBertNoDropout();
+  const out = path.join(tmp(), 'out');
+  const r = train([
+    '--output_dir', out, '--model_name_or_path', model, '--train_dir', path.join(fixtures, 'train-step/train.jsonl'),
+    '--per_device_train_batch_size', '4', '--train_n_passages', '2', '--q_max_len', '8', '--p_max_len', '12',
+    '--max_steps', '1', '--warmup_ratio', '0', '--weight_decay', '0', '--max_grad_norm', '0', '--learning_rate', '1', '--adam_epsilon', '1',
+    ...extra,
+  ]);
+  assert.is(r.code, 0, r.err);
+  const before = weights(path.join(model, 'model.safetensors'));
+  const after = weights(path.join(out, 'model.safetensors'));
+  const expected = Object.fromEntries(Object.entries(weights(path.join(fixtures, `train-step/grads-${variant}.safetensors`))).map(([k, t]) => [k, t.data]));
+  const got = Object.fromEntries(Object.keys(expected).map((name) => [name, before[name].data.map((p0, i) => {
+    const d = p0 - after[name].data[i];
+    return d / (1 - Math.abs(d));
+  })]));
+  return { got, expected };
+}
+
+const STEP_VARIANTS: [string, string[]][] = [
   ['cls', []],
   ['cls', ['--grad_cache', '--gc_q_chunk_size', '3', '--gc_p_chunk_size', '5']],
   ['mean-norm', ['--pooling', 'mean', '--normalize', '--temperature', '0.05']],
   ['mean-norm', ['--pooling', 'mean', '--normalize', '--temperature', '0.05', '--grad_cache', '--gc_q_chunk_size', '1', '--gc_p_chunk_size', '3']],
-] as [string, string[]][]) {
-  test(`one step's gradient equals PyTorch + transformers (${variant}${extra.includes('--grad_cache') ? ', grad cache' : ''})`, () => {
-    const model = tinyBertNoDropout();
-    const out = path.join(tmp(), 'out');
-    const r = train([
-      '--output_dir', out, '--model_name_or_path', model, '--train_dir', path.join(fixtures, 'train-step/train.jsonl'),
-      '--per_device_train_batch_size', '4', '--train_n_passages', '2', '--q_max_len', '8', '--p_max_len', '12',
-      '--max_steps', '1', '--warmup_ratio', '0', '--weight_decay', '0', '--max_grad_norm', '0', '--learning_rate', '1', '--adam_epsilon', '1',
-      ...extra,
-    ]);
-    assert.is(r.code, 0, r.err);
-    const before = weights(path.join(model, 'model.safetensors'));
-    const after = weights(path.join(out, 'model.safetensors'));
-    const expected = weights(path.join(fixtures, `train-step/grads-${variant}.safetensors`));
-    const scale = Math.max(...Object.values(expected).map((t) => Math.max(...Array.from(t.data, Math.abs))));
+];
+const describe = (variant: string, extra: string[]) => `${variant}${extra.includes('--grad_cache') ? ', grad cache' : ''}`;
+
+for (const [variant, extra] of STEP_VARIANTS) {
+  test(`one step's gradient equals PyTorch + transformers (${describe(variant, extra)})`, () => {
+    const { got, expected } = stepGradients(variant, extra);
+    const scale = Math.max(...Object.values(expected).map((g) => Math.max(...Array.from(g, Math.abs))));
     let worst = 0;
     for (const [name, g] of Object.entries(expected)) {
-      const p0 = before[name].data;
-      const p1 = after[name].data;
-      g.data.forEach((want, i) => {
-        const d = p0[i] - p1[i];
-        const got = d / (1 - Math.abs(d));
-        worst = Math.max(worst, Math.abs(got - want) / Math.max(Math.abs(want), 0.01 * scale));
-      });
+      g.forEach((want, i) => (worst = Math.max(worst, Math.abs(got[name][i] - want) / Math.max(Math.abs(want), 0.01 * scale))));
     }
     assert.ok(worst < 1e-3, `relative error ${worst}`);
+  });
+}
+
+// --bf16: every product rounds its two operands and its result to bfloat16 (unit roundoff u = 2⁻⁸). A
+// gradient of tiny-bert (2 layers) is the end of a chain of about 20 products (6 per layer forward and
+// again backward, the pooler-free head and the scores in float32), each adding up to 3 independent
+// roundings: errors adding in quadrature give a relative L2 error of about √60·u ≈ 8u. The contract
+// allows twice that, 16u = 2⁻⁴, and requires more than 2⁻¹² (float32's own error is < 10⁻⁵): the
+// products did run in bfloat16.
+for (const [variant, extra] of [STEP_VARIANTS[0], STEP_VARIANTS[3]]) {
+  testUnless(bf16Here ? null : kernels.ok ? 'this CPU has no bfloat16 instructions' : kernels.reason, `--bf16: one step's gradient is PyTorch's float32 one within bfloat16 rounding, relative L2 error in (2⁻¹², 2⁻⁴] (${describe(variant, extra)})`, () => {
+    const { got, expected } = stepGradients(variant, [...extra, '--bf16']);
+    let diff = 0;
+    let norm = 0;
+    for (const [name, g] of Object.entries(expected)) {
+      g.forEach((want, i) => {
+        diff += (got[name][i] - want) ** 2;
+        norm += want ** 2;
+      });
+    }
+    const rel = Math.sqrt(diff / norm);
+    assert.ok(rel <= 2 ** -4 && rel > 2 ** -12, `relative L2 error ${rel}`);
   });
 }
 
@@ -100,7 +133,9 @@ testUnless(existsSync(NQ) && existsSync(VOCAB) ? null : `${NQ} or ${VOCAB} is ab
       `--eval_queries ${NQ_DEV} --eval_corpus ${NQ_CORPUS} --eval_qrels ${NQ_QRELS} --eval_steps 4`).split(' '),
   );
   assert.is(r.code, 0, r.err);
-  assert.match(r.out, /--fp16 ignored/);
+  // a CPU has no fast float16 kernels: bfloat16 where it can (tensorflow, bf16 instructions), else float32; one warning
+  assert.is(r.out.match(/^warning: --fp16/gm)?.length, 1, r.out);
+  assert.match(r.out, bf16Here ? /the products run in bfloat16 instead/ : /--fp16 ignored: .*; the products run in float32/);
   assert.equal(readdirSync(out).filter((n) => n.startsWith('checkpoint-')).sort(), ['checkpoint-2', 'checkpoint-4'], 'save_total_limit 2 keeps the last two');
   const logged = readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
   const evals = logged.filter((l) => 'eval_recall@20' in l);
@@ -111,6 +146,7 @@ testUnless(existsSync(NQ) && existsSync(VOCAB) ? null : `${NQ} or ${VOCAB} is ab
   assert.ok(logs.every((l) => l.loss > 0 && l.learning_rate > 0 && l.grad_norm > 0 && l.samples_per_second > 0));
   const state = JSON.parse(readFileSync(path.join(out, 'trainer_state.json'), 'utf8'));
   assert.is(state.global_step, 5);
+  assert.is(state.precision, bf16Here ? 'bfloat16' : 'float32');
   for (const f of ['config.json', 'model.safetensors', 'vocab.txt', 'tokenizer_config.json', 'report.html', 'checkpoint-4/optimizer.safetensors']) assert.ok(existsSync(path.join(out, f)), f);
 });
 

@@ -8,7 +8,8 @@ import { syntheticTask } from '../lib/data/synthetic.ts';
 import { loadTrainData } from '../lib/data/tokenized.ts';
 import { WordPieceTokenizer } from '../lib/tokenizer.ts';
 import { bagBiEncoder, initBagParams } from '../lib/model/bag.ts';
-import type { ParamMap } from '../lib/model/types.ts';
+import { GRAD_SCALER_DEFAULTS } from '../lib/lossscale.ts';
+import type { BiEncoder, ParamMap } from '../lib/model/types.ts';
 import { initAdamW } from '../lib/optim.ts';
 import type { TrainConfig, TrainState } from '../lib/train.ts';
 import { schedulePlan, trainLoop, type LogRecord, type LoopOptions } from '../lib/trainer.ts';
@@ -94,6 +95,25 @@ test('a state resumed at or past the last step gets the final save alone (a run 
     assert.is(out, state, 'the state is returned as it was');
     disposeAll(state.params, state.optimizer.m, state.optimizer.v);
   }
+});
+
+test('with loss scaling, an overflowing step is reported to onSkip and the logs carry the scale', async () => {
+  // steps 1 and 2 overflow (representations beyond float32, as float16's do beyond 65504), the rest do not
+  let calls = 0;
+  const flaky: BiEncoder = {
+    encodeQuery: model.encodeQuery,
+    encodePassage: (p, b, r) => tf.tidy(() => tf.mul(model.encodePassage(p, b, r), ++calls <= 2 ? 3e38 : 1)),
+  };
+  const skips: [number, number][] = [];
+  const logs: LogRecord[] = [];
+  const end = await trainLoop(flaky, fresh(), task.train, { ...loop, maxSteps: 4 }, { ...cfg, lossScale: GRAD_SCALER_DEFAULTS }, {
+    onSkip: (step, scale) => void skips.push([step, scale]),
+    onLog: (r) => void logs.push(r),
+  });
+  assert.equal(skips, [[1, 32768], [2, 16384]]);
+  assert.equal(logs.map((l) => [l.step, l.loss_scale]), [[2, 16384], [4, 16384]]);
+  assert.equal(end.lossScale, { scale: 16384, goodSteps: 2, skipped: 2 });
+  disposeAll(end.params, end.optimizer.m, end.optimizer.v);
 });
 
 test.run();

@@ -4,6 +4,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { TokenBatch } from '../data/collator.ts';
 import { linear } from '../ops.ts';
+import type { Precision } from '../precision.ts';
 import { foldIn, type Key } from '../random.ts';
 import { maskedMean } from './bag.ts';
 import { bertForward, initBertParams, type BertConfig } from './bert.ts';
@@ -26,6 +27,8 @@ export interface DenseOptions {
   pooler?: PoolerShape | null;
   /** L2-normalise the representation (with or without a pooler; Tevatron v1 ignored it without one). */
   normalize?: boolean;
+  /** Of the encoder's matrix products (--bf16, --fp16: precision.ts chooses); a run-time choice, not saved. */
+  precision?: Precision;
 }
 
 /** Pooled vectors [rows, hidden] of a last hidden state [rows, L, hidden]. */
@@ -53,7 +56,7 @@ export function l2Normalize(x: tf.Tensor2D): tf.Tensor2D {
 }
 
 function checkOptions(config: BertConfig, options: DenseOptions): Required<DenseOptions> {
-  const { untied = false, pooling = 'cls', pooler = null, normalize = false } = options;
+  const { untied = false, pooling = 'cls', pooler = null, normalize = false, precision = 'float32' } = options;
   if (!POOLINGS.includes(pooling)) throw new Error(`pooling "${pooling}" is not supported; use one of ${POOLINGS.join(', ')}`);
   if (pooler) {
     for (const k of ['inDim', 'outDim'] as const) {
@@ -63,7 +66,7 @@ function checkOptions(config: BertConfig, options: DenseOptions): Required<Dense
       throw new Error(`pooler input dimension ${pooler.inDim} differs from the encoder's hidden_size ${config.hidden_size}; set the pooler's input dimension to ${config.hidden_size}`);
     }
   }
-  return { untied, pooling, pooler, normalize };
+  return { untied, pooling, pooler, normalize, precision };
 }
 
 /** The pooler's parameter names: Tevatron's DensePooler shares linear_q between the sides when tied. */
@@ -82,8 +85,8 @@ export function denseBiEncoder(config: BertConfig, options: DenseOptions = {}): 
         throw new Error(`the pooler's ${lin}.weight and ${lin}.bias are missing from the parameters; load the checkpoint's pooler or create one with initPoolerParams`);
       }
       return tf.tidy(() => {
-        let rep = poolHidden(bertForward(config, params, batch, rng, prefix), batch, opts.pooling);
-        if (opts.pooler) rep = linear(rep, params[`${lin}.weight`] as tf.Tensor2D, params[`${lin}.bias`] as tf.Tensor1D);
+        let rep = poolHidden(bertForward(config, params, batch, rng, prefix, opts.precision), batch, opts.pooling);
+        if (opts.pooler) rep = linear(rep, params[`${lin}.weight`] as tf.Tensor2D, params[`${lin}.bias`] as tf.Tensor1D, opts.precision);
         return opts.normalize ? l2Normalize(rep) : rep;
       });
     };

@@ -14,6 +14,7 @@ import { bertConfigFromJson, type BertConfig } from './bert.ts';
 import { loadModelDir, readJson, type PoolerConfig } from './checkpoint.ts';
 import { denseBiEncoder, initDenseParams, initPoolerParams, POOLINGS, type DenseOptions, type Pooling } from './dense.ts';
 import { resolveModel } from './hub.ts';
+import type { Precision } from '../precision.ts';
 import type { BiEncoder, ParamMap } from './types.ts';
 
 /** The encoder settings saved beside the weights. */
@@ -43,6 +44,8 @@ export interface ModelRequest {
   settings: Partial<EncoderSettings>;
   /** Seed for anything initialised here (a pooler, or the whole model from a config-only directory). */
   seed: number;
+  /** Of the matrix products (choosePrecision in precision.ts); default float32. */
+  precision?: Precision;
 }
 
 export interface LoadedModel {
@@ -124,7 +127,7 @@ export async function loadDenseModel(req: ModelRequest): Promise<LoadedModel> {
   }
   const pooler = poolerConfig ? { inDim: poolerConfig.input_dim, outDim: poolerConfig.output_dim } : req.pooler;
   if (poolerConfig && poolerConfig.normalize && req.settings.normalize === undefined) settings.normalize = true;
-  const options: DenseOptions = { untied, pooling: settings.pooling, pooler, normalize: settings.normalize };
+  const options: DenseOptions = { untied, pooling: settings.pooling, pooler, normalize: settings.normalize, precision: req.precision };
   if (!hasWeights) params = initDenseParams(config, options, key);
   else if (pooler && !poolerConfig) {
     notes.push(`no pooler in ${dir}: training one from scratch (${pooler.inDim} -> ${pooler.outDim})`);
