@@ -88,17 +88,21 @@ export async function stepGradients(model: BiEncoder, state: TrainState, batches
 /**
  * One optimizer step over one or more micro-batches (gradient accumulation averages them). Consumes
  * `state`: its parameter and moment tensors are disposed once the next ones exist (memory is the limit).
- * With loss scaling, a finite loss whose scaled gradients overflow skips the step and halves the scale
- * (GradScaler). Otherwise a loss or gradient norm that is not finite is an error naming the step, thrown
- * before any update: `state` is then left as it was, and nothing non-finite reaches a checkpoint.
+ * With loss scaling, a step whose loss or gradients are not finite skips its update and halves the scale
+ * (GradScaler) while the scale is above 1. Otherwise a loss or gradient norm that is not finite is an error
+ * naming the step, thrown before any update: `state` is then left as it was, and nothing non-finite reaches
+ * a checkpoint.
  */
 export async function trainStep(model: BiEncoder, state: TrainState, batches: TrainBatch[], cfg: TrainConfig): Promise<{ state: TrainState; metrics: StepMetrics }> {
   const step = state.optimizer.step;
   const scaler = cfg.lossScale ? (state.lossScale ?? initLossScale(cfg.lossScale)) : null;
   const { grads, loss } = await stepGradients(model, state, batches, cfg);
   const clipped = clipByGlobalNorm(grads, cfg.maxGradNorm);
-  const overflow = scaler !== null && Number.isFinite(loss) && !Number.isFinite(clipped.norm);
-  if (!overflow && (!Number.isFinite(loss) || !Number.isFinite(clipped.norm))) {
+  const finite = Number.isFinite(loss) && Number.isFinite(clipped.norm);
+  // GradScaler's overflow: skipped, the scale halved; once the scale is down to 1 the values themselves are
+  // not finite, and that is divergence
+  const overflow = !finite && scaler !== null && scaler.scale > 1;
+  if (!finite && !overflow) {
     if (clipped.grads !== grads) disposeParams(clipped.grads);
     disposeParams(grads);
     const where = cfg.group && cfg.group.worldSize > 1 ? ` (on rank ${cfg.group.rank}; every rank stops at this step)` : '';
