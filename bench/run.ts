@@ -7,8 +7,8 @@
 // with the range of the rounds' own ratios. Prints the figures and the target ratios, writes
 // bench/results/latest.json and the README's chart docs/bench.svg.
 //   npm run bench [-- --quick] [--rounds 3] [--sections train,precision,memory,encode,search,wasm]    TEVATRON_BACKEND picks ours
-//   npm run bench -- --sections scale [--scale 0.01]    the recipe at full size (bench/scale.ts; not in the default sections:
-//                                                         about an hour and ~35 GB of temporary disk at --scale 1)
+//   npm run bench -- --sections scale [--scale 0.01] [--stages train,mine]    the recipe at full size (bench/scale.ts; not in
+//                                                         the default sections: over an hour and ~33 GB of temporary disk at --scale 1)
 //   npm run bench -- --chart    redraws docs/bench.svg from bench/results/latest.json
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -17,7 +17,7 @@ import { parseArgs } from 'node:util';
 import { barChart } from './chart.ts';
 
 const { values: opt } = parseArgs({
-  options: { quick: { type: 'boolean', default: false }, chart: { type: 'boolean', default: false }, rounds: { type: 'string', default: '3' }, sections: { type: 'string', default: 'train,precision,memory,encode,search,wasm' }, scale: { type: 'string', default: '1' } },
+  options: { quick: { type: 'boolean', default: false }, chart: { type: 'boolean', default: false }, rounds: { type: 'string', default: '3' }, sections: { type: 'string', default: 'train,precision,memory,encode,search,wasm' }, scale: { type: 'string', default: '1' }, stages: { type: 'string' } },
 });
 const quick = opt.quick || process.env.BENCH_QUICK === '1';
 const rounds = Number(opt.rounds);
@@ -288,7 +288,7 @@ if (sections.has('wasm')) {
 
 if (sections.has('scale')) {
   // its stages print as they finish (stderr passes through); its figures also go to bench/results/scale.json
-  const r = spawnSync(process.execPath, ['--import', 'tsx', 'bench/scale.ts', '--scale', opt.scale, '--json'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'bench/scale.ts', '--scale', opt.scale, ...(opt.stages ? ['--stages', opt.stages] : []), '--json'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
   const s = r.stdout.trim() ? lastJson<Record<string, unknown>>(r.stdout) : { error: `exit ${r.status ?? r.signal}` };
   results.scale = s;
   targets.push(...((s.targets as string[] | undefined) ?? [`scale: ${s.error}`]));
