@@ -23,7 +23,7 @@ const KIND = { reduce: 0, gather: 1, send: 2, recv: 3 } as const;
 const DEADLINE_EXCEEDED = 4;
 const ABORTED = 10;
 
-export const task = (rank: number): string => `/job:${JOB}/replica:0/task:${rank}`;
+const task = (rank: number): string => `/job:${JOB}/replica:0/task:${rank}`;
 
 // ---------------------------------------------------------------- ServerDef (tensorflow_server.proto)
 
@@ -149,7 +149,7 @@ export async function tensorflowGroup(control: ControlGroup, addresses: string[]
   };
 
   /** Which peer's server does not answer within `ms`, if one does not. */
-  const silentPeer = async (ms: number): Promise<string | null> => {
+  const peerAtFault = async (ms: number): Promise<string | null> => {
     const peers = Array.from({ length: W }, (_, r) => r).filter((r) => r !== rank);
     const answers = await Promise.all(peers.map((r) => binding.collectivePeerHealth(task(r), ms).then(() => null, (e: Failure) => ({ r, e }))));
     const bad = answers.find((a) => a !== null);
@@ -169,7 +169,7 @@ export async function tensorflowGroup(control: ControlGroup, addresses: string[]
       const e = err as Failure;
       if (failure) throw failure;
       if (e.code === ABORTED) throw fail(e);
-      const culprit = await Promise.race([silentPeer(Math.min(timeoutMs, 5000)), failedAtControl]);
+      const culprit = await Promise.race([peerAtFault(Math.min(timeoutMs, 5000)), failedAtControl]);
       if (failure) throw failure; // the control group named it first
       const why = e.code === DEADLINE_EXCEEDED ? `no result within ${timeoutMs / 1000} s (--ddp_timeout)` : withRanks(e.message);
       throw fail(new Error(`${what}: ${culprit ?? why}${culprit ? ` (${why.split('\n')[0]})` : ''}`));
@@ -180,7 +180,7 @@ export async function tensorflowGroup(control: ControlGroup, addresses: string[]
   const bucketed = async (tensors: tf.Tensor[], run: (flat: tf.Tensor, key: number) => Promise<tf.Tensor>): Promise<tf.Tensor[]> => {
     const buckets: number[][] = [];
     let bytes = Infinity;
-    const out: tf.Tensor[] = tensors.map((t) => (t.size === 0 ? tf.zeros(t.shape) : (undefined as unknown as tf.Tensor)));
+    const out: (tf.Tensor | undefined)[] = tensors.map((t) => (t.size === 0 ? tf.zeros(t.shape) : undefined));
     tensors.forEach((t, i) => {
       if (t.size === 0) return;
       if (bytes + t.size * 4 > bucketBytes) {
@@ -211,15 +211,22 @@ export async function tensorflowGroup(control: ControlGroup, addresses: string[]
     try {
       await Promise.all(Array.from({ length: Math.min(inFlight, buckets.length) }, worker));
     } catch (e) {
-      tf.dispose(out.filter(Boolean));
+      tf.dispose(out.filter((t): t is tf.Tensor => t !== undefined));
       throw e;
     }
-    return out;
+    return out as tf.Tensor[];
   };
 
   // TensorFlow gathers in the order of its sorted device names (task:10 before task:2): learn it once
   let order: number[] = [];
-  const gatherRaw = async (x: tf.Tensor, what: string) => collective(what, KIND.gather, x.rank === 0 ? x.reshape([1]) : x, keys());
+  const gatherRaw = async (x: tf.Tensor, what: string) => {
+    const rows = x.rank === 0 ? x.reshape([1]) : x; // CollectiveGatherV2 concatenates along axis 0
+    try {
+      return await collective(what, KIND.gather, rows, keys());
+    } finally {
+      if (rows !== x) rows.dispose();
+    }
+  };
 
   const allReduceTensors = (tensors: tf.Tensor[], op: ReduceOp = 'sum') => {
     const what = `allReduce #${seq++}`;
@@ -229,7 +236,7 @@ export async function tensorflowGroup(control: ControlGroup, addresses: string[]
     const gathered = await gatherRaw(x, `allGather #${seq++}`);
     const ordered = toRankOrder(gathered, order);
     if (ordered !== gathered) gathered.dispose();
-    return x.rank === 0 ? ordered : ordered.reshape([x.shape[0] * W, ...x.shape.slice(1)]);
+    return ordered;
   };
   const broadcastTensors = (tensors: tf.Tensor[], root = 0) => {
     if (!Number.isInteger(root) || root < 0 || root >= W) throw new Error(`broadcast: root ${root} is not a rank of a group of ${W}`);
@@ -276,9 +283,10 @@ export async function tensorflowGroup(control: ControlGroup, addresses: string[]
     },
   };
 
-  const ranks = await gatherRaw(tf.scalar(rank, 'float32'), 'the first collective (establishing the group)');
+  const mine = tf.scalar(rank, 'float32');
+  const ranks = await gatherRaw(mine, 'the first collective (establishing the group)');
   order = Array.from(await ranks.data());
-  ranks.dispose();
+  tf.dispose([mine, ranks]);
   if ([...order].sort((a, b) => a - b).some((r, i) => r !== i)) throw fail(new Error(`the first collective gathered ranks [${order}], not each rank once`));
   return group;
 }
