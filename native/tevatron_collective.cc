@@ -15,6 +15,7 @@
 // shared, not borrowed, so that JavaScript may dispose the tensor while the collective runs. A rejection
 // is an Error with `code`, TensorFlow's status code (e.g. 14 UNAVAILABLE, 4 DEADLINE_EXCEEDED).
 #include <node_api.h>
+#include <pthread.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -22,7 +23,6 @@
 #include <functional>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "tensorflow/c/c_api_experimental.h"
@@ -140,6 +140,15 @@ void Settle(napi_env env, napi_value /*js_callback*/, void * /*context*/, void *
   delete call;
 }
 
+void *RunCall(void *arg) {
+  AsyncCall *call = static_cast<AsyncCall *>(arg);
+  call->work(call);
+  napi_threadsafe_function tsfn = call->tsfn;
+  napi_call_threadsafe_function(tsfn, call, napi_tsfn_blocking);
+  napi_release_threadsafe_function(tsfn, napi_tsfn_release);
+  return nullptr;
+}
+
 // Starts `work` on a new thread; returns the promise it settles (nullptr with an error pending on failure).
 napi_value RunAsync(napi_env env, TFJSBackend *backend, std::function<void(AsyncCall *)> work) {
   AsyncCall *call = new AsyncCall();
@@ -153,12 +162,18 @@ napi_value RunAsync(napi_env env, TFJSBackend *backend, std::function<void(Async
     NAPI_THROW_ERROR(env, "collective: could not start the call");
     return nullptr;
   }
-  std::thread([call] {
-    call->work(call);
-    napi_threadsafe_function tsfn = call->tsfn;
-    napi_call_threadsafe_function(tsfn, call, napi_tsfn_blocking);
-    napi_release_threadsafe_function(tsfn, napi_tsfn_release);
-  }).detach();
+  pthread_attr_t attr;
+  pthread_t thread;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  const int failed = pthread_create(&thread, &attr, RunCall, call);
+  pthread_attr_destroy(&attr);
+  if (failed != 0) {  // no thread to be had: settle the promise here
+    napi_release_threadsafe_function(call->tsfn, napi_tsfn_abort);
+    call->code = TF_RESOURCE_EXHAUSTED;
+    call->message = std::string("collective: could not start a thread: ") + std::strerror(failed);
+    Settle(env, nullptr, nullptr, call);
+  }
   return promise;
 }
 
