@@ -13,6 +13,7 @@ import * as tf from '@tensorflow/tfjs';
 import { backendInfo, initBackend } from '../backend.ts';
 import { callNativeAsync, runningBinding, type NativeBinding } from '../native.ts';
 import { DEFAULT_TIMEOUT_MS, type GroupOptions, type ProcessGroup, type ReduceOp } from './group.ts';
+import type { TcpGroup } from './tcp.ts';
 
 /** The variable that carries this rank's ServerDef (hex) to the binding as it loads. */
 export const SERVER_DEF_VAR = 'TEVATRON_TF_SERVER_DEF';
@@ -83,13 +84,6 @@ export interface TensorflowGroupOptions extends GroupOptions {
   subdivs?: number;
 }
 
-/** The TCP group under a tensorflow group: rendezvous, barriers, liveness. */
-export interface ControlGroup extends ProcessGroup {
-  /** Stops the job on every rank with this error. */
-  abort(e: Error): void;
-  close(): void;
-}
-
 export type TensorflowGroup = ProcessGroup & {
   close(): void;
   /** Called by the control group's onFailure: aborts the pending collectives, then reports. */
@@ -117,10 +111,11 @@ function keyCounter() {
 }
 
 /**
- * The group over a started worker (startTensorflowWorker) of `addresses`, controlled by `control`. Its
- * first collective gathers the ranks, which establishes the group and the order TensorFlow gathers in.
+ * The group over a started worker (startTensorflowWorker) of `addresses`, controlled by `control` (the TCP
+ * group: barriers, liveness). Its first collective gathers the ranks, which establishes the group and the
+ * order TensorFlow gathers in.
  */
-export async function tensorflowGroup(control: ControlGroup, addresses: string[], opts: TensorflowGroupOptions = {}): Promise<TensorflowGroup> {
+export async function tensorflowGroup(control: TcpGroup, addresses: string[], opts: TensorflowGroupOptions = {}): Promise<TensorflowGroup> {
   const { rank, worldSize: W } = control;
   const binding = runningBinding() as Required<NativeBinding>;
   const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
