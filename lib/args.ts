@@ -87,6 +87,8 @@ export const FLAGS: readonly Flag[] = [
   { name: 'fp16', kind: 'bool', default: false, help: 'float16 matrix products with dynamic loss scaling (GPUs; on a CPU: bfloat16 where it can, else float32, with a warning)', scripts: TE, group: 'training' },
   { name: 'dataloader_num_workers', kind: 'int', default: 0, help: 'accepted for compatibility', scripts: TE, group: 'training' },
   { name: 'local_rank', kind: 'int', default: -1, help: "this process's rank on its node, as python -m torch.distributed.launch passes it (must agree with LOCAL_RANK when that is set)", scripts: TE, group: 'training' },
+  { name: 'ddp_backend', kind: 'string', default: 'auto', choices: ['auto', 'tensorflow', 'tcp'], help: "process group: tcp (authenticated connections, one host), tensorflow (TensorFlow's collective ops: gRPC between hosts, NCCL between GPUs; its servers listen on every interface, unauthenticated: trusted networks only), auto: tensorflow when the ranks span hosts", scripts: T, group: 'training' },
+  { name: 'ddp_bucket_cap_mb', kind: 'int', default: null, help: 'MB of gradients per collective of the tensorflow process group (default 25)', scripts: T, group: 'training' },
   { name: 'ddp_timeout', kind: 'int', default: 1800, help: 'seconds a rank waits for the others in a collective, and the longest any rank may stay silent (stopped, frozen) before the job stops naming it', scripts: T, group: 'training' },
   { name: 'resume_from_checkpoint', kind: 'optional', default: null, help: 'a checkpoint directory, or true for the latest in output_dir', scripts: T, group: 'training' },
   { name: 'report_to', kind: 'string', default: 'all', choices: ['all', 'none', 'tensorboard'], help: 'TensorBoard event files (needs the tensorflow backend), none, or all available', scripts: T, group: 'training' },
@@ -309,6 +311,7 @@ function validate(a: Args, script: Script): Args {
     if (a.max_steps === -1) positive('num_train_epochs');
     if (a.save_total_limit !== null) positive('save_total_limit');
     if (a.eval_steps !== null) positive('eval_steps');
+    if (a.ddp_bucket_cap_mb !== null) positive('ddp_bucket_cap_mb');
     if ((a.eval_queries === null) !== (a.eval_corpus === null)) throw new Error('--eval_queries and --eval_corpus go together (queries to search and passages to search in)');
     if (a.eval_qrels !== null && a.eval_queries === null) throw new Error('--eval_qrels needs --eval_queries and --eval_corpus');
     if ((a.warmup_ratio as number) < 0 || (a.warmup_ratio as number) > 1) throw new Error(`--warmup_ratio must be in [0, 1], got ${a.warmup_ratio}`);

@@ -45,6 +45,18 @@ export function tfjsNodeBindingPath(packageJsonPath: string): { path: string } |
   return { path: path.join(path.dirname(packageJsonPath), modulePath, `${binary.module_name ?? 'tfjs_binding'}.node`) };
 }
 
+/** Whether a tfjs-node package has a built binding here, found without loading it (loading starts TensorFlow). */
+export function tensorflowBuilt(): boolean {
+  return TENSORFLOW_PACKAGES.some((pkg) => {
+    try {
+      const found = tfjsNodeBindingPath(require.resolve(`${pkg}/package.json`));
+      return 'path' in found && fs.existsSync(found.path);
+    } catch {
+      return false;
+    }
+  });
+}
+
 /**
  * Checks that a tfjs-node package's native binding exists and loads (it links TensorFlow's shared
  * libraries), without importing the package: its index registers ~200 kernels before it looks for the

@@ -10,6 +10,7 @@ import { lossScaleSeed } from './lossscale.ts';
 /** Every rank's rows of `local` [rows, d], concatenated in rank order, as a constant [W·rows, d]. */
 export async function allGatherRows(local: tf.Tensor2D, group: ProcessGroup): Promise<tf.Tensor2D> {
   const [rows, d] = local.shape;
+  if (group.allGatherTensor) return (await group.allGatherTensor(local)) as tf.Tensor2D; // shapes that differ: TensorFlow's error
   const all = await group.allGather((await local.data()) as Float32Array);
   if (all.length !== rows * d * group.worldSize) {
     throw new Error(`negatives_x_device: ranks hold different batch shapes (rank ${group.rank}: [${rows}, ${d}]); use the same per_device_train_batch_size and train_n_passages everywhere`);

@@ -7,6 +7,9 @@
 //   TEVATRON_EXPORT(mixedMatMul, MixedMatMul);   // binding.mixedMatMul(...) in JavaScript
 //   TEVATRON_LISTEN(OnTensorDeleted, OnBackendDestroyed);
 //
+// A file that must act on TensorFlow's context before any op runs (and before the binding lists its devices)
+// registers a hook: TEVATRON_ON_CONTEXT(OnContextCreated), called with each new context.
+//
 // The module also gets `tevatronExports`, the list of registered names, which setup:tensorflow checks
 // against the TEVATRON_EXPORT lines of native/*.cc and lib/ checks before it uses an entry point.
 #ifndef TEVATRON_H_
@@ -23,6 +26,8 @@ namespace tevatron {
 
 using Entry = napi_value (*)(napi_env, napi_callback_info);
 
+using ContextHook = void (*)(TFE_Context *context);
+
 struct Listener {
   void (*tensor_deleted)(tfnodejs::TFJSBackend *backend, int32_t tensor_id);
   void (*backend_destroyed)(tfnodejs::TFJSBackend *backend);
@@ -37,12 +42,21 @@ inline std::vector<Listener> &Listeners() {
   static std::vector<Listener> listeners;
   return listeners;
 }
+inline std::vector<ContextHook> &ContextHooks() {
+  static std::vector<ContextHook> hooks;
+  return hooks;
+}
 inline bool Register(const char *name, Entry entry) {
   Entries().emplace_back(name, entry);
   return true;
 }
 inline bool Listen(Listener listener) {
   Listeners().push_back(listener);
+  return true;
+}
+
+inline bool OnContext(ContextHook hook) {
+  ContextHooks().push_back(hook);
   return true;
 }
 
@@ -54,6 +68,10 @@ inline tfnodejs::TFJSBackend *Backend(napi_env env) {
 }
 
 // ---- called by the patched binding
+
+inline void ContextCreated(TFE_Context *context) {
+  for (ContextHook hook : ContextHooks()) hook(context);
+}
 
 inline void TensorDeleted(tfnodejs::TFJSBackend *backend, int32_t tensor_id) {
   for (const Listener &l : Listeners())
@@ -84,6 +102,7 @@ inline void DefineExports(napi_env env, napi_value exports) {
 }  // namespace tevatron
 
 #define TEVATRON_EXPORT(name, fn) static const bool tevatron_export_##name = ::tevatron::Register(#name, fn)
+#define TEVATRON_ON_CONTEXT(hook) static const bool tevatron_on_context_##hook = ::tevatron::OnContext(hook)
 #define TEVATRON_LISTEN(on_tensor_deleted, on_backend_destroyed) \
   static const bool tevatron_listen_##on_tensor_deleted = ::tevatron::Listen({on_tensor_deleted, on_backend_destroyed})
 

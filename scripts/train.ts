@@ -11,8 +11,7 @@ import { defaultTokenizedCacheDir, loadTrainData } from '../lib/data/tokenized.t
 import { checkExamples } from '../lib/data/sample.ts';
 import { rankFromEnv } from '../lib/dist/env.ts';
 import { evaluateRetrieval, loadEvalSet } from '../lib/evaluation.ts';
-import { singleProcessGroup, type ProcessGroup } from '../lib/dist/group.ts';
-import { connectTcpGroup } from '../lib/dist/tcp.ts';
+import { connectGroup, type DdpBackend } from '../lib/dist/connect.ts';
 import { broadcastParams } from '../lib/dist/tensors.ts';
 import { exampleOptionsFromArgs, loadDenseModel, modelRequestFromArgs } from '../lib/model/pretrained.ts';
 import { initAdamW, type ScheduleType } from '../lib/optim.ts';
@@ -61,16 +60,20 @@ await runScript('train', async () => {
     ? await preparePush({ hubModelId: a.hub_model_id as string | null, outputDir, token: a.hub_token as string | null, private: a.hub_private_repo as boolean | null })
     : null;
   if (push) say(`pushing to ${push.endpoint}/${push.repo} (${a.hub_strategy === 'end' ? 'at the end' : 'at every save and at the end'})`);
-  await initBackend(a.backend as BackendChoice);
-  const precision = choosePrecision({ bf16: a.bf16 as boolean, fp16: a.fp16 as boolean }, precisionEnvironment(backendInfo()));
-  precision.warnings.forEach(say);
   // A peer that dies or freezes ends this rank at once, also between collectives (during an evaluation,
   // a checkpoint), so that no rank waits out the timeout of its next collective.
   const onFailure = (e: Error) => {
     console.error(`train: ${e.message}`);
     process.exit(1);
   };
-  const group: ProcessGroup = info.worldSize > 1 ? await connectTcpGroup(info, { timeoutMs: (a.ddp_timeout as number) * 1000, onFailure }) : singleProcessGroup();
+  // before the backend starts: the tensorflow group starts it itself, its context a TensorFlow worker
+  const { group, description: groupDescription } = await connectGroup(info, {
+    ddpBackend: a.ddp_backend as DdpBackend, backend: a.backend as BackendChoice, timeoutMs: (a.ddp_timeout as number) * 1000,
+    bucketBytes: a.ddp_bucket_cap_mb === null ? undefined : (a.ddp_bucket_cap_mb as number) * 2 ** 20, onFailure,
+  });
+  await initBackend(a.backend as BackendChoice);
+  const precision = choosePrecision({ bf16: a.bf16 as boolean, fp16: a.fp16 as boolean }, precisionEnvironment(backendInfo()));
+  precision.warnings.forEach(say);
 
   const loaded = await loadDenseModel({ ...modelRequestFromArgs(a), precision: precision.precision });
   loaded.notes.forEach(say);
@@ -100,6 +103,7 @@ await runScript('train', async () => {
   checkExamples(examples, a.train_n_passages as number);
   const how = data.fromCache ? `opened from the tokenized store ${data.fromCache}` : `tokenized${data.workers > 0 ? ` by ${data.workers} worker threads` : ''}${data.store ? ` into ${data.store.dir}` : ''}`;
   say(`backend ${describeBackend()}; ${examples.length} training queries ${how} in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  if (group.worldSize > 1) say(`process group: ${groupDescription}`);
   say(`precision: ${precision.description}`);
   const evalSet = main && a.eval_queries ? loadEvalSet(a.eval_queries as string, a.eval_corpus as string, a.eval_qrels as string | null, exampleOpts) : null;
   const evalSteps = (a.eval_steps ?? a.logging_steps) as number;

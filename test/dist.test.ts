@@ -29,8 +29,10 @@ async function runWorkers(W: number, mode = ''): Promise<{ code: number | null; 
   );
 }
 
-test('rank discovery: ours/torchrun, SLURM, OpenMPI, none', () => {
+test('rank discovery: ours/torchrun (the port after its store\'s), SLURM, OpenMPI, none', () => {
   assert.equal(rankFromEnv({ RANK: '2', WORLD_SIZE: '4', LOCAL_RANK: '0', MASTER_ADDR: 'h', MASTER_PORT: '1234' }), { rank: 2, worldSize: 4, localRank: 0, masterAddr: 'h', masterPort: 1234, source: 'torchrun' });
+  // torchrun's agent holds MASTER_PORT for its own store (TORCHELASTIC_USE_AGENT_STORE): ours is the next port
+  assert.is(rankFromEnv({ RANK: '0', WORLD_SIZE: '2', MASTER_PORT: '1234', TORCHELASTIC_USE_AGENT_STORE: 'True' }).masterPort, 1235);
   assert.equal(rankFromEnv({ SLURM_PROCID: '5', SLURM_NTASKS: '8', SLURM_LOCALID: '1', MASTER_ADDR: 'n1' }).rank, 5);
   assert.equal(rankFromEnv({ OMPI_COMM_WORLD_RANK: '1', OMPI_COMM_WORLD_SIZE: '2', OMPI_COMM_WORLD_LOCAL_RANK: '1' }).source, 'openmpi');
   assert.equal(rankFromEnv({}).worldSize, 1);

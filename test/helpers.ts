@@ -1,6 +1,6 @@
 // Shared test setup: start the backend named by TEVATRON_BACKEND (the runner sets it), small random
 // batches, and comparisons of parameter maps.
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { test } from 'uvu';
@@ -177,3 +177,53 @@ export function runScriptSync(name: string, args: string[], env: NodeJS.ProcessE
   const r = spawnSync(process.execPath, ['--import', 'tsx', path.resolve('scripts', `${name}.ts`), ...args], { encoding: 'utf8', env: { ...process.env, ...env } });
   return { code: r.status, signal: r.signal, out: r.stdout, err: r.stderr };
 }
+
+/** A child process whose output (stdout and stderr together) a test watches. */
+export interface Proc {
+  child: ChildProcess;
+  text(): string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>;
+  /** Resolves with the time the output first matched `re`. */
+  waitFor(re: RegExp, ms?: number): Promise<number>;
+}
+
+/** `node --import tsx ARGS`, or `command ARGS`, with `env` added to this process's environment. */
+export function start(args: string[], env: Record<string, string> = {}, command?: string): Proc {
+  const child = command ? spawn(command, args, { env: { ...process.env, ...env } }) : spawn(process.execPath, ['--import', 'tsx', ...args], { env: { ...process.env, ...env } });
+  let text = '';
+  const watchers: (() => void)[] = [];
+  const add = (d: Buffer) => {
+    text += d;
+    watchers.forEach((w) => w());
+  };
+  child.stdout!.on('data', add);
+  child.stderr!.on('data', add);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>((resolve) => child.on('close', (code, signal) => resolve({ code, signal, at: Date.now() })));
+  const waitFor = (re: RegExp, ms = 60_000) =>
+    new Promise<number>((resolve, reject) => {
+      const check = () => re.test(text) && (clearTimeout(timer), resolve(Date.now()));
+      const timer = setTimeout(() => reject(new Error(`no ${re} within ${ms} ms; output so far:\n${text}`)), ms);
+      watchers.push(check);
+      check();
+      exited.then(() => setTimeout(() => reject(new Error(`exited before ${re}; output:\n${text}`)), 100));
+    });
+  return { child, text: () => text, exited, waitFor };
+}
+
+export const kill = (p: Proc): void => {
+  try {
+    p.child.kill('SIGKILL');
+  } catch {}
+};
+
+export const alive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+/** The pids that test/fixtures/dist_worker.ts printed ("pid N rank R"). */
+export const pids = (text: string): number[] => [...text.matchAll(/^pid (\d+) rank (\d+)$/gm)].map((m) => Number(m[1]));

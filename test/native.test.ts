@@ -14,16 +14,20 @@ const bindingDir = path.join(path.dirname(createRequire(import.meta.url).resolve
 
 test('native/ holds one patch and the entry points its sources register', () => {
   assert.equal(native.patches.map((p) => path.basename(p)), ['tfjs-node.patch']);
-  for (const name of ['mixedMatMul', 'mixedCacheSize', 'geluExact', 'geluExactGrad', 'layerNorm', 'layerNormGrad', 'adamw', 'dropout']) assert.ok(native.exports.includes(name), name);
+  for (const name of ['mixedMatMul', 'mixedCacheSize', 'geluExact', 'geluExactGrad', 'layerNorm', 'layerNormGrad', 'adamw', 'dropout', 'collectiveServer', 'collective', 'collectivePeerHealth', 'collectiveAbort']) {
+    assert.ok(native.exports.includes(name), name);
+  }
 });
 
-test('the patch applies to the installed tfjs-node binding: accessors, the listener calls, the exports hook', () => {
+test('the patch applies to the installed tfjs-node binding: accessors, the context hook before the devices are listed, the listener calls, the exports hook', () => {
   const files = parseUnifiedDiff(readFileSync(native.patches[0], 'utf8'));
   assert.equal([...files.keys()].sort(), ['binding/tfjs_backend.cc', 'binding/tfjs_backend.h', 'binding/tfjs_binding.cc']);
   const patched = Object.fromEntries([...files].map(([file, hunks]) => [file, applyHunks(readFileSync(path.join(bindingDir, path.basename(file)), 'utf8'), hunks, file)]));
   assert.match(patched['binding/tfjs_backend.h'], /TFE_TensorHandle \*Handle\(int32_t tensor_id\) const/);
   assert.match(patched['binding/tfjs_backend.cc'], /tevatron::TensorDeleted\(this, tensor_id\);\n  TFE_TensorHandle \*tensor_handle = tensor_entry->second;/);
   assert.match(patched['binding/tfjs_backend.cc'], /TFJSBackend::~TFJSBackend\(\) \{\n  tevatron::BackendDestroyed\(this\);/);
+  // TFE_EnableCollectiveOps changes the device names: the hook runs before the constructor records them
+  assert.match(patched['binding/tfjs_backend.cc'], /TFE_DeleteContextOptions\(tfe_options\);\n  tevatron::ContextCreated\(tfe_context_\);.*\n\n  TF_DeviceList \*device_list =\n      TFE_ContextListDevices\(tfe_context_/);
   assert.match(patched['binding/tfjs_binding.cc'], /tevatron::DefineExports\(env, exports\);\n  return exports;/);
 });
 

@@ -2,7 +2,6 @@
 // loopback: rogue connections (garbage, a fake rank 1, replayed or reflected proofs, a silent socket), two
 // jobs on one port, a frozen (SIGSTOP) and a killed (kill -9) rank, the launcher's own signals and its
 // culprit naming, what the sockets bind to, and a seeded fuzz of the group's frames.
-import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -12,7 +11,7 @@ import { jobId, newNonce, proof } from '../lib/dist/auth.ts';
 import { connectTcpGroup, FRAME } from '../lib/dist/tcp.ts';
 import type { RankInfo } from '../lib/dist/env.ts';
 import { PyRandom } from '../lib/data/pyrandom.ts';
-import { freePort, oncePerRun, testUnless } from './helpers.ts';
+import { alive, freePort, kill, oncePerRun, pids, start, testUnless, type Proc } from './helpers.ts';
 
 const worker = path.resolve('test/fixtures/dist_worker.ts');
 const launcher = path.resolve('scripts/launch.ts');
@@ -20,36 +19,6 @@ const SECRET = 'reliability-test-secret-0123456789abcdef';
 const SUM = Array.from({ length: 10 }, (_, i) => 300 + 3 * i); // the fixture's first all-reduce over 3 ranks
 const once = oncePerRun(); // none of these tests uses a backend
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-interface Proc {
-  child: ChildProcess;
-  text(): string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>;
-  /** Resolves with the time the output first matched `re`. */
-  waitFor(re: RegExp, ms?: number): Promise<number>;
-}
-
-function start(args: string[], env: Record<string, string>): Proc {
-  const child = spawn(process.execPath, ['--import', 'tsx', ...args], { env: { ...process.env, ...env } });
-  let text = '';
-  const watchers: (() => void)[] = [];
-  const add = (d: Buffer) => {
-    text += d;
-    watchers.forEach((w) => w());
-  };
-  child.stdout!.on('data', add);
-  child.stderr!.on('data', add);
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>((resolve) => child.on('close', (code, signal) => resolve({ code, signal, at: Date.now() })));
-  const waitFor = (re: RegExp, ms = 60_000) =>
-    new Promise<number>((resolve, reject) => {
-      const check = () => re.test(text) && (clearTimeout(timer), resolve(Date.now()));
-      const timer = setTimeout(() => reject(new Error(`no ${re} within ${ms} ms; output so far:\n${text}`)), ms);
-      watchers.push(check);
-      check();
-      exited.then(() => setTimeout(() => reject(new Error(`exited before ${re}; output:\n${text}`)), 100));
-    });
-  return { child, text: () => text, exited, waitFor };
-}
 
 /** Rank `rank` of a job of W fixture workers on `port`. */
 const rank = (r: number, W: number, port: number, env: Record<string, string> = {}) =>
@@ -114,20 +83,6 @@ const nextFrame = (s: net.Socket) =>
     s.once('close', () => reject(new Error('closed before a whole frame')));
   });
 
-const kill = (p: Proc) => {
-  try {
-    p.child.kill('SIGKILL');
-  } catch {}
-};
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
-const pids = (text: string) => [...text.matchAll(/^pid (\d+) rank (\d+)$/gm)].map((m) => Number(m[1]));
 
 // ---- what the sockets bind to
 

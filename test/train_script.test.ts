@@ -7,7 +7,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { parseSafetensors } from '../lib/model/safetensors.ts';
 import { cpuBf16Instructions, mixedPrecisionSupport } from '../lib/precision.ts';
-import { freePort, testUnless } from './helpers.ts';
+import { backend, freePort, testUnless } from './helpers.ts';
 
 const root = path.resolve('.');
 const fixtures = path.join(root, 'test/fixtures');
@@ -99,24 +99,49 @@ for (const [variant, extra] of [STEP_VARIANTS[0], STEP_VARIANTS[3]]) {
   });
 }
 
-test('launch.ts: 2 processes × batch 2 with --negatives_x_device take the step of 1 process × batch 4 (plain and grad cache; dropout on)', async () => {
-  const model = path.join(fixtures, 'tiny-bert'); // dropout 0.1: each row's masks are the same in either layout
-  const common = [
-    '--model_name_or_path', model, '--train_dir', path.join(fixtures, 'train-step/train.jsonl'), '--train_n_passages', '2', '--q_max_len', '8', '--p_max_len', '12',
-    '--max_steps', '1', '--warmup_ratio', '0', '--weight_decay', '0', '--max_grad_norm', '0', '--learning_rate', '1', '--adam_epsilon', '1',
-  ];
-  for (const extra of [[], ['--grad_cache', '--gc_q_chunk_size', '1', '--gc_p_chunk_size', '3']]) {
+const COMMON = [
+  '--train_dir', path.join(fixtures, 'train-step/train.jsonl'), '--train_n_passages', '2', '--q_max_len', '8', '--p_max_len', '12',
+  '--max_steps', '1', '--warmup_ratio', '0', '--weight_decay', '0', '--max_grad_norm', '0', '--learning_rate', '1', '--adam_epsilon', '1',
+];
+
+/** `train.ts ARGS` in 2 processes under launch.ts; asserts that they ran on `ddp`'s process group. */
+async function launch2(ddp: string, args: string[]): Promise<void> {
+  const port = String(await freePort());
+  const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(root, 'scripts/launch.ts'), '--nproc_per_node', '2', '--master_port', port,
+    path.join(root, 'scripts/train.ts'), '--ddp_backend', ddp, ...args], { encoding: 'utf8' });
+  assert.is(r.status, 0, r.stderr);
+  assert.match(r.stdout, new RegExp(`^process group: ${ddp} \\(2 ranks on 1 host, `, 'm'));
+}
+
+function assertSameWeights(dirA: string, dirB: string): void {
+  const [a, b] = [weights(path.join(dirA, 'model.safetensors')), weights(path.join(dirB, 'model.safetensors'))];
+  for (const k of Object.keys(a)) a[k].data.forEach((v, i) => assert.ok(Math.abs(v - b[k].data[i]) <= 1e-5 * Math.max(1, Math.abs(v)), `${k}[${i}]: ${v} vs ${b[k].data[i]}`));
+}
+
+for (const ddp of ['tcp', 'tensorflow']) {
+  const skip = ddp === 'tensorflow' && backend !== 'tensorflow' ? `the tensorflow process group runs on the tensorflow backend, not ${backend}` : null;
+  testUnless(skip, `launch.ts, ${ddp} process group: 2 processes × batch 2 with --negatives_x_device take the step of 1 process × batch 4 (plain and grad cache; dropout on)`, async () => {
+    const model = path.join(fixtures, 'tiny-bert'); // dropout 0.1: each row's masks are the same in either layout
+    for (const extra of [[], ['--grad_cache', '--gc_q_chunk_size', '1', '--gc_p_chunk_size', '3']]) {
+      const one = path.join(tmp(), 'one');
+      const two = path.join(tmp(), 'two');
+      assert.is(train(['--output_dir', one, '--model_name_or_path', model, '--per_device_train_batch_size', '4', ...COMMON, ...extra]).code, 0);
+      await launch2(ddp, ['--output_dir', two, '--model_name_or_path', model, '--per_device_train_batch_size', '2', '--negatives_x_device', ...COMMON, ...extra]);
+      assertSameWeights(one, two);
+    }
+  });
+
+  // Without --negatives_x_device each rank's gradient is its own batch's; the step applies their mean, which one
+  // process computes by accumulating the same two batches (dropout off: a micro-batch draws other masks than a rank).
+  testUnless(skip, `launch.ts, ${ddp} process group: 2 processes × batch 2 take the step of 1 process accumulating the same 2 batches (their mean gradient)`, async () => {
+    const model = tinyBertNoDropout();
     const one = path.join(tmp(), 'one');
     const two = path.join(tmp(), 'two');
-    assert.is(train(['--output_dir', one, '--per_device_train_batch_size', '4', ...common, ...extra]).code, 0);
-    const port = String(await freePort());
-    const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(root, 'scripts/launch.ts'), '--nproc_per_node', '2', '--master_port', port,
-      path.join(root, 'scripts/train.ts'), '--output_dir', two, '--per_device_train_batch_size', '2', '--negatives_x_device', ...common, ...extra], { encoding: 'utf8' });
-    assert.is(r.status, 0, r.stderr);
-    const [a, b] = [weights(path.join(one, 'model.safetensors')), weights(path.join(two, 'model.safetensors'))];
-    for (const k of Object.keys(a)) a[k].data.forEach((v, i) => assert.ok(Math.abs(v - b[k].data[i]) <= 1e-5 * Math.max(1, Math.abs(v)), `${k}[${i}]: ${v} vs ${b[k].data[i]}`));
-  }
-});
+    assert.is(train(['--output_dir', one, '--model_name_or_path', model, '--per_device_train_batch_size', '2', '--gradient_accumulation_steps', '2', ...COMMON]).code, 0);
+    await launch2(ddp, ['--output_dir', two, '--model_name_or_path', model, '--per_device_train_batch_size', '2', ...COMMON]);
+    assertSameWeights(one, two);
+  });
+}
 
 testUnless(existsSync(NQ) && existsSync(VOCAB) ? null : `${NQ} or ${VOCAB} is absent`, 'the seed\'s command shape on the shared NQ data: trains, logs, rotates checkpoints, reports', () => {
   const model = path.join(tmp(), 'tiny-uncased');

@@ -1,6 +1,7 @@
 // Where this process sits in a multi-process run, read from the launcher's environment: ours and
 // torchrun's (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT; torch.distributed.launch's
-// --local_rank flag), SLURM's and OpenMPI's. The job's secret is read where it is used (auth.ts).
+// --local_rank flag), SLURM's and OpenMPI's. The job's secret is read where it is used (auth.ts). Under
+// torchrun, whose agent holds MASTER_PORT for its own store, the rendezvous listens on MASTER_PORT + 1.
 
 export interface RankInfo {
   rank: number;
@@ -32,7 +33,8 @@ export function rankFromEnv(env: Env = process.env, localRankFlag = -1): RankInf
   const master = () => {
     const masterAddr = env.MASTER_ADDR ?? env.SLURM_LAUNCH_NODE_IPADDR ?? '127.0.0.1';
     const masterPort = env.MASTER_PORT === undefined ? 29500 : int(env, 'MASTER_PORT');
-    return { masterAddr, masterPort };
+    // torchrun's agent serves its own store on MASTER_PORT: the rendezvous takes the port after it
+    return { masterAddr, masterPort: env.TORCHELASTIC_USE_AGENT_STORE === 'True' ? masterPort + 1 : masterPort };
   };
   let info: RankInfo;
   if (env.WORLD_SIZE !== undefined && env.RANK !== undefined) {

@@ -1,6 +1,9 @@
 // The process group every multi-process feature talks to: rank, world size and four collectives on
-// Float32Array buffers. Here: a single-process group, and an in-process group of W simulated ranks
-// (each rank an async task in one process) for tests. Real transports implement the same interface.
+// Float32Array buffers (a group on TensorFlow's runtime also takes tensors, which then never leave it).
+// Here: a single-process group, and an in-process group of W simulated ranks (each rank an async task in
+// one process) for tests. Real transports implement the same interface.
+
+import type { Tensor } from '@tensorflow/tfjs';
 
 export type ReduceOp = 'sum' | 'mean';
 
@@ -14,6 +17,12 @@ export interface ProcessGroup {
   /** Rank `root`'s buffer, on every rank (each passes a buffer of the same length). */
   broadcast(data: Float32Array, root?: number): Promise<Float32Array>;
   barrier(): Promise<void>;
+  /** allReduce of each tensor, bucketed, on a group whose collectives run inside the backend (tensorflow). */
+  allReduceTensors?(tensors: Tensor[], op?: ReduceOp): Promise<Tensor[]>;
+  /** allGather along the first axis (every rank passes the same shape), inside the backend. */
+  allGatherTensor?(tensor: Tensor): Promise<Tensor>;
+  /** broadcast of each tensor, bucketed, inside the backend. */
+  broadcastTensors?(tensors: Tensor[], root?: number): Promise<Tensor[]>;
   /** Leaves the group in order (after the last collective); a transport with sockets closes them. */
   close?(): void;
 }

@@ -38,6 +38,12 @@ export interface TcpGroupOptions extends GroupOptions {
   log?: (line: string) => void;
 }
 
+export type TcpGroup = ProcessGroup & {
+  /** Stops the job on every rank with this error (each peer's fails naming this rank and the message). */
+  abort(e: Error): void;
+  close(): void;
+};
+
 interface Frame {
   type: number;
   payload: Buffer;
@@ -252,12 +258,12 @@ async function resolveHost(masterAddr: string): Promise<string> {
  * Joins the group described by `info` (every rank calls this) and returns it once all are connected.
  * Every rank needs the same secret (`opts.secret`, else TEVATRON_JOB_SECRET).
  */
-export async function connectTcpGroup(info: RankInfo, opts: TcpGroupOptions = {}): Promise<ProcessGroup & { close(): void }> {
+export async function connectTcpGroup(info: RankInfo, opts: TcpGroupOptions = {}): Promise<TcpGroup> {
   const { rank, worldSize: W } = info;
   const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   const handshakeMs = Math.min(timeoutMs, opts.handshakeTimeoutMs ?? 30_000);
   const log = opts.log ?? ((line: string) => console.error(line));
-  if (W === 1) return { ...singleProcessGroup(), close: () => {} };
+  if (W === 1) return { ...singleProcessGroup(), close: () => {}, abort: () => {} };
   const secret = opts.secret ?? jobSecret();
   const myJob = jobId(secret);
   const rendezvousMs = opts.rendezvousTimeoutMs ?? Math.max(timeoutMs, 300_000);
@@ -528,7 +534,7 @@ export async function connectTcpGroup(info: RankInfo, opts: TcpGroupOptions = {}
     }
   };
 
-  const group: ProcessGroup & { close(): void } = {
+  const group: TcpGroup = {
     rank,
     worldSize: W,
     allReduce: (data: Float32Array, op: ReduceOp = 'sum') =>
@@ -574,6 +580,9 @@ export async function connectTcpGroup(info: RankInfo, opts: TcpGroupOptions = {}
     },
     async barrier() {
       await group.allReduce(new Float32Array(1));
+    },
+    abort(e: Error) {
+      failAll(e);
     },
     close() {
       if (closed) return;
