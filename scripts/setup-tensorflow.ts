@@ -550,7 +550,7 @@ function buildBinding(pkg: TfjsNodePackage, tf: TensorflowLayout, opts: Options)
     if (res === null || res.status !== 0 || !products.every((p) => fs.existsSync(p))) {
       const logFile = `${buildDir}.failed.log`;
       fs.writeFileSync(logFile, output);
-      if (/node_api\.h|common\.gypi|Could not find common\.gypi|download.*headers|getaddrinfo|ENOTFOUND/i.test(output)) {
+      if (/node_api\.h: No such file|Could not find common\.gypi|download.*headers|getaddrinfo|ENOTFOUND/i.test(output)) {
         throw new SetupError(`node-gyp has no Node.js headers (they are downloaded unless installed): install them (Debian: apt-get install libnode-dev) and set \`npm config set nodedir /usr\`; log ${tilde(logFile)}`);
       }
       throw new SetupError(`compiling the binding failed: ${lastLine(output, /error[: ]|undefined reference|gyp ERR! stack Error/)}; full log ${tilde(logFile)}`);
