@@ -1,6 +1,6 @@
 // `npm run bench`: the benchmark suite, one process per configuration (so each peak RSS is its own), with
 // the PyTorch reference in the same session when a Python with torch + transformers is found
-// (TORCH_PYTHON, else ./.venv or /work/venv). Like is compared with like: every step kind (plain, grad
+// (TORCH_PYTHON, else ./.venv). Like is compared with like: every step kind (plain, grad
 // cache with ½ and ¼ of the rows per chunk) and encoding run alone in a process of their own, and ours and
 // PyTorch's alternate, --rounds times (who goes first alternates too), so that a slow spell of a shared
 // machine hits both. A figure is the median over rounds with its range; a ratio is median over median,
@@ -42,7 +42,7 @@ function ours(a: Args): Figures[] {
 }
 
 function torchPython(): string | null {
-  for (const p of [process.env.TORCH_PYTHON, '.venv/bin/python', '/work/venv/bin/python']) {
+  for (const p of [process.env.TORCH_PYTHON, '.venv/bin/python']) {
     if (p && existsSync(p) && spawnSync(p, ['-c', 'import torch, transformers'], { encoding: 'utf8' }).status === 0) return p;
   }
   return null;

@@ -214,7 +214,7 @@ testUnless(needsBinding ?? netnsReason(), '--ddp_backend auto: tensorflow across
   }
 });
 
-const torchrun = ['/work/venv/bin/torchrun', '.venv/bin/torchrun'].map((p) => path.resolve(p)).find(existsSync);
+const torchrun = ['.venv/bin/torchrun'].map((p) => path.resolve(p)).find(existsSync);
 testUnless(needsBinding ?? (torchrun ? null : 'no torchrun (a Python with torch in .venv)'), 'torchrun --no-python starts the ranks unchanged (its store holds MASTER_PORT, the rendezvous takes the next port)', async () => {
   const port = await freePort();
   const t = start(['--nproc_per_node', '2', '--master_port', String(port), '--no-python', process.execPath, '--import', 'tsx', worker], { TEVATRON_JOB_SECRET: SECRET, DDP_BACKEND: 'tensorflow' }, torchrun);
