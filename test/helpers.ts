@@ -163,13 +163,19 @@ export function loopbackOnlyFetch(): void {
 }
 
 /**
- * For tests that use no backend (processes, sockets): null in one pass of `npm test` (the first backend of
- * TEVATRON_TEST_BACKENDS, else wasm, which every default run has), else the reason they skip (for testUnless).
+ * The pass of `npm test` that runs the tests that use no backend (processes, sockets, notebooks that start
+ * their own): the first backend of TEVATRON_TEST_BACKENDS, else wasm, which every default run has. Null in
+ * that pass, else its name.
  */
-export function oncePerRun(): string | null {
+export function otherPass(): string | null {
   const current = process.env.TEVATRON_BACKEND;
   const first = process.env.TEVATRON_TEST_BACKENDS?.split(',').filter(Boolean)[0] ?? 'wasm';
-  return current && current !== first ? `uses no backend: runs once per npm test, in the ${first} pass` : null;
+  return current && current !== first ? first : null;
+}
+
+/** testUnless for a test that uses no backend: it runs in one pass of `npm test` and is not registered in the others. */
+export function testOnce(skipReason: string | null, name: string, fn: () => unknown): void {
+  if (otherPass() === null) testUnless(skipReason, name, fn);
 }
 
 /** runScriptFile, synchronously: scripts/NAME.ts as a user runs it; its exit code (null when killed), signal, stdout and stderr. */

@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { testUnless } from './helpers.ts';
+import { otherPass, testUnless } from './helpers.ts';
 
 const root = path.resolve('.');
 const dir = path.join(root, 'notebooks');
@@ -58,13 +58,6 @@ test('the notebooks are committed without outputs and name the tslab kernel', ()
     assert.ok(cells.some((c) => join(c.source).includes("require('../lib/index.ts')")), `${nb}: does not load ../lib/index.ts`);
   }
 });
-
-/** The pass of `npm test` that runs the notebooks (they start their own backend), or null for this one. */
-function otherPass(): string | null {
-  const current = process.env.TEVATRON_BACKEND;
-  const first = process.env.TEVATRON_TEST_BACKENDS?.split(',').filter(Boolean)[0] ?? 'wasm';
-  return current && current !== first ? first : null;
-}
 
 /** Why the notebooks cannot run here, or null. */
 function skipReason(): string | null {

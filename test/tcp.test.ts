@@ -11,13 +11,12 @@ import { jobId, newNonce, proof } from '../lib/dist/auth.ts';
 import { connectTcpGroup, FRAME } from '../lib/dist/tcp.ts';
 import type { RankInfo } from '../lib/dist/env.ts';
 import { PyRandom } from '../lib/data/pyrandom.ts';
-import { alive, freePort, kill, oncePerRun, pids, start, testUnless, type Proc } from './helpers.ts';
+import { alive, freePort, kill, pids, start, testOnce, type Proc } from './helpers.ts';
 
 const worker = path.resolve('test/fixtures/dist_worker.ts');
 const launcher = path.resolve('scripts/launch.ts');
 const SECRET = 'reliability-test-secret-0123456789abcdef';
 const SUM = Array.from({ length: 10 }, (_, i) => 300 + 3 * i); // the fixture's first all-reduce over 3 ranks
-const once = oncePerRun(); // none of these tests uses a backend
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Rank `rank` of a job of W fixture workers on `port`. */
@@ -100,7 +99,7 @@ function listeningAddresses(pid: number): { v4: string[]; v6: string[] } {
   return { v4: listen('/proc/net/tcp'), v6: existsSync('/proc/net/tcp6') ? listen('/proc/net/tcp6') : [] };
 }
 
-testUnless(once ?? (existsSync('/proc/net/tcp') ? null : 'no /proc/net/tcp (not Linux)'), 'with MASTER_ADDR=127.0.0.1 every listening socket of every rank is on 127.0.0.1, not on all interfaces', async () => {
+testOnce((existsSync('/proc/net/tcp') ? null : 'no /proc/net/tcp (not Linux)'), 'with MASTER_ADDR=127.0.0.1 every listening socket of every rank is on 127.0.0.1, not on all interfaces', async () => {
   const port = await freePort();
   const r0 = rank(0, 3, port);
   const r1 = rank(1, 3, port);
@@ -126,7 +125,7 @@ testUnless(once ?? (existsSync('/proc/net/tcp') ? null : 'no /proc/net/tcp (not 
 
 // ---- rogue connections
 
-testUnless(once, 'garbage sent to the rendezvous port is refused with a logged reason; nothing listens mid-run; the run finishes correctly', async () => {
+testOnce(null, 'garbage sent to the rendezvous port is refused with a logged reason; nothing listens mid-run; the run finishes correctly', async () => {
   const port = await freePort();
   const r0 = rank(0, 2, port, { MODE: 'steps' });
   let r1: Proc | undefined;
@@ -150,7 +149,7 @@ testUnless(once, 'garbage sent to the rendezvous port is refused with a logged r
   }
 });
 
-testUnless(once, 'a process that claims to be rank 1 without the secret learns nothing and is refused; so are a replayed and a reflected proof; the job is unaffected', async () => {
+testOnce(null, 'a process that claims to be rank 1 without the secret learns nothing and is refused; so are a replayed and a reflected proof; the job is unaffected', async () => {
   const port = await freePort();
   const r0 = rank(0, 2, port);
   let r1: Proc | undefined;
@@ -188,7 +187,7 @@ testUnless(once, 'a process that claims to be rank 1 without the secret learns n
   }
 });
 
-testUnless(once, 'a silent connection is dropped after the handshake timeout and does not keep the job from exiting', async () => {
+testOnce(null, 'a silent connection is dropped after the handshake timeout and does not keep the job from exiting', async () => {
   const procs: Proc[] = [];
   try {
     // during a long rendezvous: dropped after the handshake timeout (2 s here)
@@ -216,7 +215,7 @@ testUnless(once, 'a silent connection is dropped after the handshake timeout and
   }
 });
 
-testUnless(once, 'two jobs on one MASTER_PORT: the second job\'s ranks fail naming the clash, the first job finishes', async () => {
+testOnce(null, 'two jobs on one MASTER_PORT: the second job\'s ranks fail naming the clash, the first job finishes', async () => {
   const port = await freePort();
   const a0 = rank(0, 2, port);
   let a1: Proc | undefined;
@@ -241,7 +240,7 @@ testUnless(once, 'two jobs on one MASTER_PORT: the second job\'s ranks fail nami
 
 // ---- frozen and killed ranks
 
-testUnless(once, 'a frozen rank (SIGSTOP) ends the others within --ddp_timeout, naming it', async () => {
+testOnce(null, 'a frozen rank (SIGSTOP) ends the others within --ddp_timeout, naming it', async () => {
   const port = await freePort();
   const env = { MODE: 'stop', DDP_TIMEOUT: '5' };
   const ranks = [0, 1, 2].map((r) => rank(r, 3, port, env));
@@ -259,7 +258,7 @@ testUnless(once, 'a frozen rank (SIGSTOP) ends the others within --ddp_timeout, 
   }
 });
 
-testUnless(once, 'a rank killed with kill -9 ends every other rank within 10 s, naming it', async () => {
+testOnce(null, 'a rank killed with kill -9 ends every other rank within 10 s, naming it', async () => {
   const port = await freePort();
   const ranks = [0, 1, 2].map((r) => rank(r, 3, port, { MODE: 'hang', DDP_TIMEOUT: '120' }));
   try {
@@ -281,7 +280,7 @@ testUnless(once, 'a rank killed with kill -9 ends every other rank within 10 s, 
 
 const launch = (args: string[], env: Record<string, string> = {}) => start([launcher, ...args], { MASTER_ADDR: '', ...env });
 
-testUnless(once, 'launch.ts: a frozen worker ends the job within --ddp_timeout; the launcher fails naming it and leaves no process behind', async () => {
+testOnce(null, 'launch.ts: a frozen worker ends the job within --ddp_timeout; the launcher fails naming it and leaves no process behind', async () => {
   const l = launch(['--nproc_per_node', '3', '--master_port', String(await freePort()), worker], { MODE: 'stop', DDP_TIMEOUT: '5' });
   try {
     const { code } = await l.exited;
@@ -295,7 +294,7 @@ testUnless(once, 'launch.ts: a frozen worker ends the job within --ddp_timeout; 
   }
 });
 
-testUnless(once, 'launch.ts: a worker killed with kill -9 is named as the culprit', async () => {
+testOnce(null, 'launch.ts: a worker killed with kill -9 is named as the culprit', async () => {
   const l = launch(['--nproc_per_node', '3', '--master_port', String(await freePort()), worker], { MODE: 'hang' });
   try {
     await l.waitFor(/^ready$/m);
@@ -310,7 +309,7 @@ testUnless(once, 'launch.ts: a worker killed with kill -9 is named as the culpri
   }
 });
 
-testUnless(once, 'launch.ts stopped by SIGTERM says so (not "rank 0"), exits 143 and stops every worker', async () => {
+testOnce(null, 'launch.ts stopped by SIGTERM says so (not "rank 0"), exits 143 and stops every worker', async () => {
   const l = launch(['--nproc_per_node', '2', path.resolve('test/fixtures/launch_worker.mjs')]);
   try {
     await l.waitFor(/rank 0[\s\S]*rank 1|rank 1[\s\S]*rank 0/);
@@ -325,7 +324,7 @@ testUnless(once, 'launch.ts stopped by SIGTERM says so (not "rank 0"), exits 143
   }
 });
 
-testUnless(once, "launch.ts names a worker's uncaught exception by its message, not by Node's version line", async () => {
+testOnce(null, "launch.ts names a worker's uncaught exception by its message, not by Node's version line", async () => {
   const l = launch(['--nproc_per_node', '2', path.resolve('test/fixtures/launch_worker.mjs'), 'throw-rank-1']);
   try {
     const { code } = await l.exited;
@@ -363,7 +362,7 @@ async function mutatingProxy(to: number, direction: 'up' | 'down', mutate: (chun
   return { port: (server.address() as net.AddressInfo).port, close: () => (server.close(), sockets.forEach((s) => s.destroy())) };
 }
 
-testUnless(once, 'fuzz: random mutations of valid handshake and data frames end in the group\'s own error or a clean result, never an uncaught exception or a hang', async () => {
+testOnce(null, 'fuzz: random mutations of valid handshake and data frames end in the group\'s own error or a clean result, never an uncaught exception or a hang', async () => {
   const rng = new PyRandom(16);
   const problems: string[] = [];
   const onUncaught = (e: unknown) => problems.push(`uncaught: ${(e as Error)?.stack ?? e}`);

@@ -9,7 +9,7 @@ import * as tf from '@tensorflow/tfjs';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { encodeServerDef, toRankOrder } from '../lib/dist/tensorflow.ts';
-import { alive, backend, freePort, kill, oncePerRun, pids, pythonWith, start, testUnless, type Proc } from './helpers.ts';
+import { alive, backend, freePort, kill, testOnce, pids, pythonWith, start, testUnless, type Proc } from './helpers.ts';
 
 const worker = path.resolve('test/fixtures/dist_worker.ts');
 const launcher = path.resolve('scripts/launch.ts');
@@ -34,7 +34,7 @@ test('toRankOrder puts blocks gathered in TensorFlow\'s order (sorted device nam
 });
 
 const py = pythonWith(['tensorboard.compat.proto.cluster_pb2', 'tensorboard.compat.proto.config_pb2']);
-testUnless(oncePerRun() ?? py.reason, "the ServerDef reads back in Python's protobuf: cluster, job, task, protocol, group leader", () => {
+testOnce(py.reason, "the ServerDef reads back in Python's protobuf: cluster, job, task, protocol, group leader", () => {
   const addresses = ['10.0.0.1:2222', '[fd00::2]:33333', 'host-3.example:4444'];
   const hex = Buffer.from(encodeServerDef(addresses, 2)).toString('hex');
   // ServerDef's own fields by hand (tensorboard has no tensorflow_server_pb2); the nested messages by protobuf
