@@ -8,7 +8,7 @@
 // bench/results/latest.json and the README's chart docs/bench.svg.
 //   npm run bench [-- --quick] [--rounds 3] [--sections train,precision,memory,encode,search,wasm]    TEVATRON_BACKEND picks ours
 //   npm run bench -- --sections scale [--scale 0.01] [--stages train,mine]    the recipe at full size (bench/scale.ts; not in
-//                                                         the default sections: over an hour and ~33 GB of temporary disk at --scale 1)
+//                                                         the default sections: ~30 min here and ~32 GB of temporary disk at --scale 1)
 //   npm run bench -- --chart    redraws docs/bench.svg from bench/results/latest.json
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';

@@ -16,6 +16,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseDatasetName, resolveDataset, selectDataFiles, selectParquetExport } from '../lib/data/hub-dataset.ts';
 import { listDataFiles, readDataRows, readRows } from '../lib/data/load.ts';
+import { withEnv } from './helpers.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const FIX = path.join(HERE, 'fixtures/hub-dataset');
@@ -86,16 +87,6 @@ test.after(async () => {
 
 const tempDir = () => mkdtempSync(path.join(os.tmpdir(), 'tevatron-hubds-'));
 
-async function withEnv<T>(vars: Record<string, string | undefined>, fn: () => Promise<T>): Promise<T> {
-  const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
-  const set = (k: string, v: string | undefined) => (v === undefined ? delete process.env[k] : (process.env[k] = v));
-  for (const [k, v] of Object.entries(vars)) set(k, v);
-  try {
-    return await fn();
-  } finally {
-    for (const [k, v] of Object.entries(saved)) set(k, v);
-  }
-}
 const env = (extra: Record<string, string | undefined> = {}) => ({ HF_ENDPOINT: url, HF_HUB_OFFLINE: undefined, HF_TOKEN: undefined, HF_HUB_CACHE: undefined, ...extra });
 
 async function rejects(p: Promise<unknown>, pattern: RegExp, what: string): Promise<void> {
