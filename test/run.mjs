@@ -2,8 +2,11 @@
 // one closing line `N passed, M failed, K skipped` summed over backends: a test that cannot run here
 // (testUnless in test/helpers.ts) counts as skipped, a test file that fails to import as failed. Extra
 // arguments are passed to uvu as its file pattern, e.g. `npm test -- gradcache`. The backends are tensorflow (when its binding loads: see
-// `npm run setup:tensorflow`), wasm and cpu; TEVATRON_TEST_BACKENDS=wasm,cpu picks them instead.
+// `npm run setup:tensorflow`), wasm and cpu; TEVATRON_TEST_BACKENDS=wasm,cpu picks them instead. Each pass runs
+// with TMPDIR set to a directory of its own, deleted when the pass ends.
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 
@@ -41,12 +44,17 @@ let failed = 0;
 let skipped = 0;
 for (const backend of backends) {
   console.log(`\n=== backend: ${backend} ===`);
+  // every temporary file of the pass (its tests', their child processes', Python's) goes under one TMPDIR,
+  // removed afterwards, so neither a test that keeps its files nor one that fails before its clean-up leaves
+  // anything on the shared disk
+  const tmp = mkdtempSync(path.join(os.tmpdir(), `tevatron-test-${backend}-`));
   const run = spawnSync(process.execPath, ['--import', 'tsx', path.join(root, 'test/suite.mjs'), 'test', pattern], {
     cwd: root,
-    env: { ...process.env, TEVATRON_BACKEND: backend, NO_COLOR: '1' },
+    env: { ...process.env, TEVATRON_BACKEND: backend, NO_COLOR: '1', TMPDIR: tmp },
     encoding: 'utf8',
     maxBuffer: 64 * 1024 * 1024,
   });
+  rmSync(tmp, { recursive: true, force: true });
   const out = `${run.stdout}${run.stderr}`;
   process.stdout.write(out);
   const count = (label) => Number(out.match(new RegExp(`^\\s*${label}:\\s+(\\d+)`, 'm'))?.[1] ?? NaN);
