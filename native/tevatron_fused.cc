@@ -231,14 +231,16 @@ OwnedTensor NewTensor(const std::vector<int64_t> &dims) {
   return OwnedTensor(TF_AllocateTensor(TF_FLOAT, dims.data(), dims.size(), n * sizeof(float)));
 }
 
-// The arguments of an entry point: `n` of them, tensor ids first, each a float32 tensor in host memory;
-// false with a JavaScript error pending.
+// The arguments of an entry point: `tensors` tensor ids, each a float32 tensor in host memory, then `count`
+// numbers into `numbers`; false with a JavaScript error pending.
 bool Inputs(napi_env env, napi_callback_info info, const char *usage, size_t tensors, std::vector<OwnedTensor> &out,
-            double *number = nullptr) {
-  napi_value args[8];
-  size_t argc = 8;
-  if (napi_get_cb_info(env, info, &argc, args, nullptr, nullptr) != napi_ok || argc < tensors + (number ? 1 : 0)) {
-    NAPI_THROW_ERROR(env, "%s: too few arguments", usage);
+            double *numbers = nullptr, size_t count = 0) {
+  constexpr size_t kMaxArgs = 16;
+  napi_value args[kMaxArgs];
+  size_t argc = kMaxArgs;
+  if (tensors + count > kMaxArgs || napi_get_cb_info(env, info, &argc, args, nullptr, nullptr) != napi_ok ||
+      argc < tensors + count) {
+    NAPI_THROW_ERROR(env, "%s: %zu arguments expected", usage, tensors + count);
     return false;
   }
   TFJSBackend *backend = tevatron::Backend(env);
@@ -254,9 +256,11 @@ bool Inputs(napi_env env, napi_callback_info info, const char *usage, size_t ten
     out.emplace_back(TFE_TensorHandleResolve(h, status.status));
     ENSURE_TF_OK_RETVAL(env, status, false);
   }
-  if (number && napi_get_value_double(env, args[tensors], number) != napi_ok) {
-    NAPI_THROW_ERROR(env, "%s: argument %zu is not a number", usage, tensors + 1);
-    return false;
+  for (size_t i = 0; i < count; i++) {
+    if (napi_get_value_double(env, args[tensors + i], &numbers[i]) != napi_ok) {
+      NAPI_THROW_ERROR(env, "%s: argument %zu is not a number", usage, tensors + i + 1);
+      return false;
+    }
   }
   return true;
 }
@@ -324,7 +328,7 @@ constexpr int64_t kRowGrain = 256;
 napi_value LayerNorm(napi_env env, napi_callback_info info) {
   std::vector<OwnedTensor> in;
   double eps;
-  if (!Inputs(env, info, "layerNorm(x, w, b, eps)", 3, in, &eps)) return nullptr;
+  if (!Inputs(env, info, "layerNorm(x, w, b, eps)", 3, in, &eps, 1)) return nullptr;
   int64_t rows, h;
   if (!RowsOf(env, in[0], in[1], rows, h) || !RowsOf(env, in[0], in[2], rows, h)) return nullptr;
   OwnedTensor y = NewTensor(Dims(in[0]));
@@ -379,20 +383,8 @@ napi_value LayerNormGrad(napi_env env, napi_callback_info info) {
 napi_value AdamW(napi_env env, napi_callback_info info) {
   std::vector<OwnedTensor> in;
   const char *usage = "adamw(p, g, m, v, lr, beta1, beta2, eps, decay, bc1, bc2)";
-  if (!Inputs(env, info, usage, 4, in)) return nullptr;
-  napi_value args[11];
-  size_t argc = 11;
   double h[7];
-  if (napi_get_cb_info(env, info, &argc, args, nullptr, nullptr) != napi_ok || argc < 11) {
-    NAPI_THROW_ERROR(env, "%s: 11 arguments expected", usage);
-    return nullptr;
-  }
-  for (int i = 0; i < 7; i++) {
-    if (napi_get_value_double(env, args[4 + i], &h[i]) != napi_ok) {
-      NAPI_THROW_ERROR(env, "%s: argument %d is not a number", usage, 5 + i);
-      return nullptr;
-    }
-  }
+  if (!Inputs(env, info, usage, 4, in, h, 7)) return nullptr;
   const int64_t n = TF_TensorElementCount(in[0].get());
   for (int i = 1; i < 4; i++) {
     if (TF_TensorElementCount(in[i].get()) != n) {
@@ -413,20 +405,8 @@ napi_value AdamW(napi_env env, napi_callback_info info) {
 napi_value Dropout(napi_env env, napi_callback_info info) {
   std::vector<OwnedTensor> in;
   const char *usage = "dropout(x, key, rowOffset, threshold, scale)";
-  if (!Inputs(env, info, usage, 1, in)) return nullptr;
-  napi_value args[5];
-  size_t argc = 5;
   double h[4];
-  if (napi_get_cb_info(env, info, &argc, args, nullptr, nullptr) != napi_ok || argc < 5) {
-    NAPI_THROW_ERROR(env, "%s: 5 arguments expected", usage);
-    return nullptr;
-  }
-  for (int i = 0; i < 4; i++) {
-    if (napi_get_value_double(env, args[1 + i], &h[i]) != napi_ok) {
-      NAPI_THROW_ERROR(env, "%s: argument %d is not a number", usage, 2 + i);
-      return nullptr;
-    }
-  }
+  if (!Inputs(env, info, usage, 1, in, h, 4)) return nullptr;
   const int64_t n = TF_TensorElementCount(in[0].get());
   const int64_t rows = TF_NumDims(in[0].get()) > 0 ? TF_Dim(in[0].get(), 0) : 1;
   const int64_t row_size = rows > 0 ? n / rows : 0;
