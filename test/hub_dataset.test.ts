@@ -16,16 +16,11 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseDatasetName, resolveDataset, selectDataFiles, selectParquetExport } from '../lib/data/hub-dataset.ts';
 import { listDataFiles, readDataRows, readRows } from '../lib/data/load.ts';
-import { withEnv } from './helpers.ts';
+import { loopbackOnlyFetch, withEnv } from './helpers.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const FIX = path.join(HERE, 'fixtures/hub-dataset');
-const realFetch = globalThis.fetch;
-globalThis.fetch = ((input: string | URL | Request, init?: RequestInit) => {
-  const url = new URL(input instanceof Request ? input.url : input.toString());
-  if (url.hostname !== '127.0.0.1') return Promise.reject(new Error(`test guard: refused a request to ${url.host}`));
-  return realFetch(input, init);
-}) as typeof fetch;
+loopbackOnlyFetch();
 
 const bytes = (f: string) => new Uint8Array(readFileSync(path.join(FIX, f)));
 const text = (s: string) => new TextEncoder().encode(s);
