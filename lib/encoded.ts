@@ -4,9 +4,10 @@
 // at a time at offsets; createEncodedWriter appends rows per batch behind a header reserved up front and
 // filled in at close, under a temporary name renamed at the end. readEncoded / writeEncoded load and save
 // a whole (small) one, such as the queries.
-import { closeSync, fstatSync, openSync, readSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readSync, renameSync, rmSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { StringDecoder } from 'node:string_decoder';
+import { writeAll } from './files.ts';
 import { decodeFloats, floatWidth, headerBytes, headerLength, parseSafetensorsHeader } from './model/safetensors.ts';
 
 export interface Encoded {
@@ -204,15 +205,6 @@ export interface EncodedWriter {
   close(): { rows: number; dim: number };
   /** Deletes what was written. */
   abort(): void;
-}
-
-/** Writes all of `bytes` (at `position`, or where the file is); a failure names the file and the likely cause. */
-export function writeAll(fd: number, bytes: Uint8Array, position: number | null, path: string): void {
-  try {
-    for (let at = 0; at < bytes.byteLength; ) at += writeSync(fd, bytes, at, bytes.byteLength - at, position === null ? null : position + at);
-  } catch (e) {
-    throw new Error(`${path}: cannot write (${(e as Error).message}); check the free space on its disk`);
-  }
 }
 
 /** Writes PATH and PATH.ids a batch at a time, under temporary names until close(): nothing half-written is left. */

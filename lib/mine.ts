@@ -5,11 +5,11 @@
 // pass 0 maps the training file's question ids to indices, pass 1 turns the ranking into typed arrays of
 // passage indices, pass 2 finds each needed passage's bytes (in the corpus file itself, or in a spill file
 // for gzipped, parquet or JSON-array corpora), pass 3 streams the training file into the output row by row.
-import { closeSync, openSync, readSync, renameSync, rmSync } from 'node:fs';
+import { closeSync, openSync, readSync, rmSync } from 'node:fs';
 import { listDataFiles } from './data/load.ts';
 import { PyRandom } from './data/pyrandom.ts';
 import { blockLineRanges, isJsonArray, isParquet, parseLine, readLineBlocks, readLines, streamRows } from './data/stream.ts';
-import { writeAll } from './encoded.ts';
+import { stagedTextFile, writeAll, type StagedTextFile } from './files.ts';
 import { hasAnswer } from './metrics.ts';
 
 export interface MineOptions {
@@ -269,38 +269,6 @@ async function locatePassages(files: string[], docs: Map<string | number, number
   };
 }
 
-/** The output file, written under a temporary name in large writes, renamed into place by close(). */
-function lineWriter(path: string) {
-  const tmp = `${path}.tmp-${process.pid}`;
-  let fd: number;
-  try {
-    fd = openSync(tmp, 'w');
-  } catch (e) {
-    throw new Error(`--save_to ${path}: cannot write (${(e as Error).message}); check that its directory exists and is writable`);
-  }
-  let parts: string[] = [];
-  let size = 0;
-  const flush = () => {
-    writeAll(fd, Buffer.from(parts.join('')), null, path);
-    [parts, size] = [[], 0];
-  };
-  return {
-    write(line: string) {
-      parts.push(line);
-      if ((size += line.length) > 1 << 22) flush();
-    },
-    close() {
-      flush();
-      closeSync(fd);
-      renameSync(tmp, path);
-    },
-    abort() {
-      closeSync(fd);
-      rmSync(tmp, { force: true });
-    },
-  };
-}
-
 /** A row's passage list (`field`; absent: empty), each with a docid when `required`. */
 function passageList(r: Record<string, unknown>, field: string, where: string, required: boolean): Record<string, unknown>[] {
   const v = r[field] ?? [];
@@ -330,7 +298,7 @@ export async function mineHardNegatives(o: MineOptions): Promise<MineSummary> {
   log(`${o.ranking}: ${plural(ranked.queries, 'query', 'queries')}, ${plural(ranked.hits.length, 'hit')} at ranks ${o.skipTop + 1}-${o.depth} over ${plural(ranked.docs.size, 'passage')}`);
   const passages = await locatePassages(o.corpus, ranked.docs, `${o.saveTo}.passages.tmp-${process.pid}`);
   const s: MineSummary = { questions: rows, written: 0, dropped: 0, unranked: 0, hits: 0, positives: 0, answers: 0, mined: 0, short: 0, overlap: 0, kept: 0, duplicates: passages.duplicates };
-  let out: ReturnType<typeof lineWriter> | undefined;
+  let out: StagedTextFile | undefined;
   try {
     if (passages.missing > 0) {
       const docid = [...ranked.docs].find(([, i]) => i === passages.firstMissing)![0];
@@ -338,7 +306,7 @@ export async function mineHardNegatives(o: MineOptions): Promise<MineSummary> {
       throw new Error(`${o.ranking}:${ranked.docLine.data[passages.firstMissing]}: passage '${docid}' is not in --corpus ${o.corpus.join(' ')}${others}; mine with the passages that were encoded and searched`);
     }
     log(`located the ${plural(ranked.docs.size, 'ranked passage')} in ${o.corpus.join(' ')}`);
-    out = lineWriter(o.saveTo);
+    out = stagedTextFile(o.saveTo, '--save_to');
     const rng = new PyRandom(o.seed);
     for (const file of trainFiles) {
       for await (const { row, where } of streamRows(file)) {

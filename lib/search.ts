@@ -6,9 +6,9 @@
 // first (shard order, then row) higher, so results are deterministic and do not depend on the block size.
 // A docid found twice (shards that overlap, or a corpus that lists it twice) is listed once, with its best
 // score.
-import { closeSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs';
 import { encodedBlocks, encodedBlocksAhead, openEncoded, type Block, type Encoded } from './encoded.ts';
+import { stagedTextFile } from './files.ts';
 
 export { readEncoded, writeEncoded, type Encoded } from './encoded.ts';
 
@@ -212,22 +212,12 @@ export function formatRanking(qids: string[], hits: Hit[][], format: 'text' | 't
 
 /** Writes a ranking query by query (a large one exceeds a string's size), under a temporary name, then renamed. */
 export function writeRanking(path: string, qids: string[], hits: Hit[][], format: 'text' | 'trec', tag = 'tevatron-ts'): void {
-  const tmp = `${path}.tmp-${process.pid}`;
-  let fd: number;
+  const out = stagedTextFile(path, '--save_ranking_to');
   try {
-    fd = openSync(tmp, 'w');
+    hits.forEach((list, q) => out.write(list.map((h, i) => rankingLine(qids[q], h, i + 1, format, tag)).join('')));
+    out.close();
   } catch (e) {
-    throw new Error(`--save_ranking_to ${path}: cannot write (${(e as Error).message}); check that its directory exists and is writable`);
-  }
-  try {
-    try {
-      hits.forEach((list, q) => writeSync(fd, list.map((h, i) => rankingLine(qids[q], h, i + 1, format, tag)).join('')));
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, path);
-  } catch (e) {
-    rmSync(tmp, { force: true });
+    out.abort();
     throw e;
   }
 }

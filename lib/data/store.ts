@@ -9,11 +9,12 @@
 //   meta.json        format, key and what it was made from, the counts of examples, sequences and ids, the id width
 // It is written in a temporary directory renamed into place once meta.json is in it; a store is complete
 // when meta.json's counts match its files, and is otherwise treated as absent (and rebuilt).
-import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
+import { writeAll } from '../files.ts';
 import type { TrainExample, TrainSource } from './sample.ts';
 
 export const STORE_FORMAT = 2;
@@ -135,11 +136,6 @@ function splitExample(ids: IdArray, at: number, lengths: Uint32Array, seq: numbe
   return { example: { queryId: queryId ?? undefined, query, positives, negatives }, used: at - start };
 }
 
-function writeAll(fd: number, data: ArrayBufferView): void {
-  const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-  for (let off = 0; off < bytes.length; ) off += writeSync(fd, bytes, off, bytes.length - off);
-}
-
 function readExactly(fd: number, into: Uint8Array, position: number, what: string): void {
   for (let off = 0; off < into.length; ) {
     const n = readSync(fd, into, off, into.length - off, position + off);
@@ -190,10 +186,11 @@ export class StoreWriter {
       this.nSequences += 1 + nPos + nNeg;
     }
     if (seq !== part.lengths.length) throw new Error(`a part's counts name ${seq} sequences but it holds ${part.lengths.length}`);
-    writeAll(this.fds.ids, part.ids);
-    writeAll(this.fds.lengths, part.lengths);
-    writeAll(this.fds.examples, index);
-    writeAll(this.fds.queryIds, Buffer.from(part.queryIds.map((q) => JSON.stringify(q) + '\n').join(''), 'utf8'));
+    const file = (name: keyof typeof this.fds) => path.join(this.tmp, FILES[name]);
+    writeAll(this.fds.ids, part.ids, null, file('ids'));
+    writeAll(this.fds.lengths, part.lengths, null, file('lengths'));
+    writeAll(this.fds.examples, index, null, file('examples'));
+    writeAll(this.fds.queryIds, Buffer.from(part.queryIds.map((q) => JSON.stringify(q) + '\n').join(''), 'utf8'), null, file('queryIds'));
     this.nExamples += n;
   }
 
