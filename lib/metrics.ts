@@ -34,6 +34,20 @@ export function parseQrels(path: string): Qrels {
 }
 
 /**
+ * One line of a run (`qid docid score`, or TREC's `qid Q0 docid rank score tag`) at `at` (file:line): its query,
+ * docid, sort key (ascending is best first: the negated score, or the rank) and whether it was TREC's.
+ */
+export function parseRunLine(text: string, at: string): { qid: string; docid: string; key: number; trec: boolean } {
+  const f = text.trim().split(/\s+/);
+  let qid: string, docid: string, key: number;
+  if (f.length === 3) [qid, docid, key] = [f[0], f[1], -Number(f[2])];
+  else if (f.length === 6) [qid, docid, key] = [f[0], f[2], Number(f[3])];
+  else throw new Error(`${at}: expected 'qid docid score' or TREC 'qid Q0 docid rank score tag', got ${f.length} fields`);
+  if (!Number.isFinite(key)) throw new Error(`${at}: '${f.length === 3 ? f[2] : f[3]}' is not a number`);
+  return { qid, docid, key, trec: f.length === 6 };
+}
+
+/**
  * Text `qid docid score` (best first per query) or TREC `qid Q0 docid rank score tag` (ordered by rank).
  * A docid listed twice for a query is kept once, at its best rank; `duplicates` counts the others. A run
  * with no line is an error.
@@ -42,12 +56,7 @@ export function parseRun(path: string): { run: Run; duplicates: number } {
   const rows = new Map<string, { docid: string; key: number; line: number }[]>();
   readLines(path, 'run').forEach((line, i) => {
     if (!line.trim()) return;
-    const f = line.trim().split(/\s+/);
-    let qid: string, docid: string, key: number;
-    if (f.length === 3) [qid, docid, key] = [f[0], f[1], -Number(f[2])];
-    else if (f.length === 6) [qid, docid, key] = [f[0], f[2], Number(f[3])];
-    else throw new Error(`${path}:${i + 1}: expected 'qid docid score' or TREC 'qid Q0 docid rank score tag', got ${f.length} fields`);
-    if (!Number.isFinite(key)) throw new Error(`${path}:${i + 1}: '${f.length === 3 ? f[2] : f[3]}' is not a number`);
+    const { qid, docid, key } = parseRunLine(line, `${path}:${i + 1}`);
     if (!rows.has(qid)) rows.set(qid, []);
     rows.get(qid)!.push({ docid, key, line: i });
   });

@@ -10,7 +10,7 @@ import { listDataFiles } from './data/load.ts';
 import { PyRandom } from './data/pyrandom.ts';
 import { blockLineRanges, isJsonArray, isParquet, parseLine, readLineBlocks, readLines, streamRows } from './data/stream.ts';
 import { stagedTextFile, writeAll, type StagedTextFile } from './files.ts';
-import { hasAnswer } from './metrics.ts';
+import { hasAnswer, parseRunLine } from './metrics.ts';
 
 export interface MineOptions {
   /** The training file (or a directory of them) whose questions were searched: Tevatron's raw rows. */
@@ -125,13 +125,8 @@ async function readRanking(file: string, questions: Map<string, number>, rows: n
   let last = -Infinity;
   for await (const { text, line } of readLines(file)) {
     if (text.trim() === '') continue;
-    const f = text.trim().split(/\s+/);
     const at = `${file}:${line}`;
-    let qid: string, docid: string, key: number;
-    if (f.length === 3) [qid, docid, key] = [f[0], f[1], -Number(f[2])];
-    else if (f.length === 6) [qid, docid, key] = [f[0], f[2], Number(f[3])];
-    else throw new Error(`${at}: expected 'qid docid score' or TREC 'qid Q0 docid rank score tag', got ${f.length} fields`);
-    if (!Number.isFinite(key)) throw new Error(`${at}: '${f[f.length === 3 ? 2 : 3]}' is not a number`);
+    const { qid, docid, key, trec } = parseRunLine(text, at);
     const q = questions.get(qid);
     if (q === undefined) throw new Error(`${at}: query '${qid}' is not in --train_file ${o.trainFile}; mine with the ranking of that file's own questions`);
     if (q !== current) {
@@ -140,7 +135,7 @@ async function readRanking(file: string, questions: Map<string, number>, rows: n
       r.start[q] = r.hits.length;
       r.queries++;
     } else if (key < last) {
-      throw new Error(`${at}: query '${qid}' is not best first here (${f.length === 3 ? 'a higher score than the line before' : 'a lower rank than the line before'}); sort each query's hits best first, as search.ts writes them`);
+      throw new Error(`${at}: query '${qid}' is not best first here (${trec ? 'a lower rank than the line before' : 'a higher score than the line before'}); sort each query's hits best first, as search.ts writes them`);
     }
     last = key;
     if (position >= o.skipTop && position < o.depth) {
