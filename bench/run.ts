@@ -81,7 +81,7 @@ function ratioSpread(a: (number | null)[], b: (number | null)[]): Spread | null 
   return ma && mb && each ? { ...each, median: ma.median / mb.median } : null;
 }
 const fmtSpread = (x: Spread | null, digits = 2, unit = '') => (x ? `${x.median.toFixed(digits)}${unit} (${x.min.toFixed(digits)}–${x.max.toFixed(digits)})` : 'n/a');
-const fmtRatioSpread = (x: Spread | null) => (x ? `${x.median.toFixed(2)}x (${x.min.toFixed(2)}–${x.max.toFixed(2)})` : 'n/a');
+const fmtRatioSpread = (x: Spread | null) => fmtSpread(x, 2, 'x');
 
 /** One configuration, `rounds` times: ours and PyTorch's each in a fresh process, alternating (who goes first too). */
 function alternate(a: Args): { ours: Figures[]; torch: (Figures | null)[] } {

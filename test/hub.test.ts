@@ -117,7 +117,7 @@ async function assertSameParams(a: ParamMap, b: ParamMap, what: string): Promise
   }
 }
 
-/** Runs `fn` with environment variables set (undefined: unset), then restores them. */
+/** The hub variables a test starts from (unset). */
 const CLEAN_ENV = { HF_ENDPOINT: undefined, HF_HUB_OFFLINE: undefined, HF_TOKEN: undefined, HF_HUB_CACHE: undefined, HUGGINGFACE_HUB_CACHE: undefined };
 
 let hub: Hub;
