@@ -312,7 +312,8 @@ export async function mineHardNegatives(o: MineOptions): Promise<MineSummary> {
         const q = index.get(String(r.query_id))!;
         if (ranked.start[q] < 0) s.unranked++;
         const seen = new Set<number>();
-        const candidates: { index: number; passage: MinedPassage }[] = [];
+        // a passage is read from the corpus when has_answer needs its text or when it is drawn, not for every hit
+        const candidates: { index: number; passage?: MinedPassage }[] = [];
         for (let h = ranked.start[q]; h >= 0 && h < ranked.start[q] + ranked.count[q]; h++) {
           const d = ranked.hits.data[h];
           s.hits++;
@@ -322,11 +323,12 @@ export async function mineHardNegatives(o: MineOptions): Promise<MineSummary> {
             s.positives++;
             continue;
           }
-          const passage = passages.get(d);
-          if (answers.length > 0 && hasAnswer(answers, passage.text)) s.answers++;
+          const passage = answers.length > 0 ? passages.get(d) : undefined;
+          if (passage && hasAnswer(answers, passage.text)) s.answers++;
           else candidates.push({ index: d, passage });
         }
-        const drawn = candidates.length > 0 ? rng.sample(candidates, Math.min(o.nSample, candidates.length)) : [];
+        const sampled = candidates.length > 0 ? rng.sample(candidates, Math.min(o.nSample, candidates.length)) : [];
+        const drawn = sampled.map((c) => ({ index: c.index, passage: c.passage ?? passages.get(c.index) }));
         if (candidates.length < o.nSample) s.short++;
         const ownIndices = new Set(own.map((p) => (p?.docid === undefined ? undefined : ranked.docs.get(docKey(String(p.docid))))));
         s.overlap += drawn.filter((c) => ownIndices.has(c.index)).length;
