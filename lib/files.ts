@@ -1,6 +1,9 @@
 // Writing files: every byte written or one error naming the file, and text outputs staged under a temporary
 // name until they are complete, so a failure never leaves a half-written file under the name asked for.
+import { randomBytes } from 'node:crypto';
 import { closeSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
 
 /** Writes all of `bytes` (at `position`, or where the file is); a failure names the file and the likely cause. */
 export function writeAll(fd: number, bytes: ArrayBufferView, position: number | null, path: string): void {
@@ -55,4 +58,17 @@ export function stagedTextFile(path: string, flag: string): StagedTextFile {
       rmSync(tmp, { force: true });
     },
   };
+}
+
+/** Writes a whole (small) file under a temporary name, then renames it into place; its directory is made if absent. */
+export async function writeAtomic(file: string, data: string | Uint8Array): Promise<void> {
+  await mkdir(path.dirname(file), { recursive: true });
+  const tmp = `${file}.tmp-${randomBytes(4).toString('hex')}`;
+  try {
+    await writeFile(tmp, data);
+    await rename(tmp, file);
+  } catch (e) {
+    await rm(tmp, { force: true });
+    throw e;
+  }
 }

@@ -7,6 +7,7 @@ import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs
 import { appendFile, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
+import { writeAtomic } from './files.ts';
 import { loadModelDir, readJson, saveModelDir, type PoolerConfig } from './model/checkpoint.ts';
 import { SETTINGS_FILE, splitPooler, type EncoderSettings } from './model/pretrained.ts';
 import { parseSafetensors, serializeSafetensors, type TensorDict } from './model/safetensors.ts';
@@ -145,9 +146,7 @@ export async function truncateMetrics(outputDir: string, step: number): Promise<
     }
   });
   if (keep.length === lines.length) return 0;
-  const tmp = `${file}.tmp-${process.pid}`;
-  await writeFile(tmp, keep.map((l) => `${l}\n`).join(''));
-  await rename(tmp, file);
+  await writeAtomic(file, keep.map((l) => `${l}\n`).join(''));
   return lines.length - keep.length;
 }
 

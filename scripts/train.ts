@@ -17,7 +17,7 @@ import { exampleOptionsFromArgs, loadDenseModel, modelRequestFromArgs } from '..
 import { initAdamW, type ScheduleType } from '../lib/optim.ts';
 import { appendMetrics, prepareOutputDir, readCheckpoint, resolveResume, truncateMetrics, writeCheckpoint, writeModel, type SavedModel, type TrainerState } from '../lib/outputs.ts';
 import { modelCard } from '../lib/model/card.ts';
-import { writeAtomic } from '../lib/model/hub.ts';
+import { writeAtomic } from '../lib/files.ts';
 import { hubFiles, preparePush, pushCommand, pushFiles } from '../lib/model/upload.ts';
 import { GRAD_SCALER_DEFAULTS, lossScaleFromJson } from '../lib/lossscale.ts';
 import { choosePrecision, precisionEnvironment } from '../lib/precision.ts';

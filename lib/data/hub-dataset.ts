@@ -16,10 +16,10 @@ import {
   parseHubId,
   repoCacheDir,
   Snapshot,
-  writeAtomic,
   type ResolveOptions,
   type Sibling,
 } from '../model/hub.ts';
+import { writeAtomic } from '../files.ts';
 
 export const PARQUET_REVISION = 'refs/convert/parquet';
 

@@ -10,12 +10,13 @@
 // so config.json and the weights can land in different snapshot directories.
 import { createHash, randomBytes } from 'node:crypto';
 import { createWriteStream, existsSync, readFileSync, statSync } from 'node:fs';
-import { copyFile, mkdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, rename, rm, symlink } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ReadableStream as NodeReadableStream } from 'node:stream/web';
+import { writeAtomic } from '../files.ts';
 
 export const DEFAULT_ENDPOINT = 'https://huggingface.co';
 
@@ -105,18 +106,6 @@ export function hubSettings(options: Pick<ResolveOptions, 'cacheDir' | 'endpoint
 
 function checkRelative(file: string): void {
   if (path.isAbsolute(file) || file.split(/[\\/]/).some((p) => p === '..' || p === '')) throw new Error(`file "${file}": not a path inside a repo; name repo files like "vocab.txt" or "query_model/config.json"`);
-}
-
-export async function writeAtomic(file: string, data: string | Uint8Array): Promise<void> {
-  await mkdir(path.dirname(file), { recursive: true });
-  const tmp = `${file}.tmp-${randomBytes(4).toString('hex')}`;
-  try {
-    await writeFile(tmp, data);
-    await rename(tmp, file);
-  } catch (e) {
-    await rm(tmp, { force: true });
-    throw e;
-  }
 }
 
 /** What is in one snapshot of the cache, and what still has to be fetched. */
