@@ -207,6 +207,12 @@ async function tryBackend(name: BackendName): Promise<boolean> {
   }
 }
 
+/** The backend asked for: `name`, or for 'auto' the `TEVATRON_BACKEND` variable when it is set (not yet checked). */
+export function requestedBackend(name: BackendChoice = 'auto'): BackendChoice {
+  const fromEnv = process.env.TEVATRON_BACKEND as BackendChoice | undefined;
+  return name === 'auto' && fromEnv ? fromEnv : name;
+}
+
 /**
  * Starts a backend and returns the one chosen. 'auto' prefers tensorflow, then wasm, then cpu; a named
  * backend that cannot start is an error. The `TEVATRON_BACKEND` environment variable stands in for
@@ -217,8 +223,7 @@ export async function initBackend(name: BackendChoice = 'auto'): Promise<Backend
     throw new Error(`--backend ${name}: unknown backend; use one of ${BACKENDS.join(', ')}`);
   }
   tf.env().set('PROD', true); // silences the "running TensorFlow.js in Node.js" banner
-  const fromEnv = process.env.TEVATRON_BACKEND as BackendChoice | undefined;
-  const wanted = name === 'auto' && fromEnv ? fromEnv : name;
+  const wanted = requestedBackend(name);
   if (wanted !== 'auto') {
     if (!BACKENDS.includes(wanted)) {
       throw new Error(`TEVATRON_BACKEND=${wanted}: unknown backend; use one of ${BACKENDS.join(', ')}`);

@@ -8,7 +8,7 @@
 import { lookup } from 'node:dns/promises';
 import dgram from 'node:dgram';
 import net from 'node:net';
-import { backendInfo, tensorflowBuilt, type BackendChoice } from '../backend.ts';
+import { backendInfo, requestedBackend, tensorflowBuilt, type BackendChoice } from '../backend.ts';
 import type { RankInfo } from './env.ts';
 import { singleProcessGroup, type GroupOptions, type ProcessGroup } from './group.ts';
 import { connectTcpGroup } from './tcp.ts';
@@ -97,7 +97,7 @@ export async function connectGroup(info: RankInfo, opts: ConnectOptions = {}): P
   const choice = opts.ddpBackend ?? 'auto';
   if (!DDP_BACKENDS.includes(choice)) throw new Error(`--ddp_backend ${choice}: use one of ${DDP_BACKENDS.join(', ')}`);
   if (info.worldSize === 1) return { group: singleProcessGroup(), description: 'none (1 process)' };
-  const backend = opts.backend === undefined || opts.backend === 'auto' ? ((process.env.TEVATRON_BACKEND as BackendChoice | undefined) ?? 'auto') : opts.backend;
+  const backend = requestedBackend(opts.backend);
   if (choice === 'tensorflow' && backend !== 'auto' && backend !== 'tensorflow') {
     throw new Error(`--ddp_backend tensorflow runs on the tensorflow backend, not ${backend}: use --backend tensorflow (or auto), or --ddp_backend tcp`);
   }
