@@ -70,11 +70,12 @@ export async function stepGradients(model: BiEncoder, state: TrainState, batches
     loss += res.loss / batches.length;
     grads = accumulate(grads, res.grads);
   }
-  // one division for the micro-batch mean and the loss scale (a power of two: exact)
-  const divisor = batches.length * (scaler?.scale ?? 1);
-  if (divisor !== 1 || !Number.isFinite(loss)) {
+  // one division for the micro-batch mean and the loss scale (a power of two: exact); by NaN when the loss
+  // is not finite, so that every gradient is
+  const divisor = Number.isFinite(loss) ? batches.length * (scaler?.scale ?? 1) : NaN;
+  if (divisor !== 1) {
     const summed = grads!;
-    grads = Object.fromEntries(Object.entries(summed).map(([k, g]) => [k, Number.isFinite(loss) ? tf.div(g, divisor) : tf.mul(g, NaN)]));
+    grads = Object.fromEntries(Object.entries(summed).map(([k, g]) => [k, tf.div(g, divisor)]));
     disposeParams(summed);
   }
   if (cfg.group && cfg.group.worldSize > 1) {
