@@ -5,7 +5,7 @@ import * as assert from 'uvu/assert';
 import { jobSecret } from '../lib/dist/auth.ts';
 import { rankFromEnv } from '../lib/dist/env.ts';
 import { hugePageTunables, lastMeaningfulLine, launchWorkers } from '../lib/dist/launch.ts';
-import { freePort } from './helpers.ts';
+import { freePort, withEnv } from './helpers.ts';
 
 const worker = path.resolve('test/fixtures/dist_worker.ts');
 
@@ -116,9 +116,7 @@ test('the launcher sets torchrun variables; a failing worker stops the others an
 });
 
 test('the launcher gives the workers of a job one new random secret, another for the next job; a job on several nodes must set it', async () => {
-  const saved = process.env.TEVATRON_JOB_SECRET;
-  delete process.env.TEVATRON_JOB_SECRET;
-  try {
+  await withEnv({ TEVATRON_JOB_SECRET: undefined }, async () => {
     const secrets = async (o: { secret?: string } = {}) => {
       const out: string[] = [];
       const r = await launchWorkers({
@@ -136,9 +134,7 @@ test('the launcher gives the workers of a job one new random secret, another for
     const given = await secrets({ secret: 'a-secret-chosen-by-the-user' });
     assert.is(given[0], given[1]);
     assert.throws(() => launchWorkers({ nprocPerNode: 1, nnodes: 2, nodeRank: 0, masterAddr: 'h', masterPort: 1, script: 'x.mjs', args: [] }), /a job on 2 nodes needs TEVATRON_JOB_SECRET/);
-  } finally {
-    if (saved !== undefined) process.env.TEVATRON_JOB_SECRET = saved;
-  }
+  });
 });
 
 test('without TEVATRON_JOB_SECRET, or with a short one, a multi-process rank stops with one line saying how to set it', async () => {
